@@ -1,0 +1,57 @@
+"""switchyard: run PyTorch training code on any accelerator, with any strategy, through plugins.
+
+This module only re-exports the public API; each name lives in the module named for it.
+"""
+
+from switchyard.accelerator import Accelerator, DevicesArg
+from switchyard.entries import (
+    AcceleratorEntry,
+    Entry,
+    EnvironmentEntry,
+    PrecisionEntry,
+    StrategyEntry,
+)
+from switchyard.environment import ClusterEnvironment
+from switchyard.errors import (
+    CheckpointError,
+    DeviceSelectionError,
+    PluginConflictError,
+    SelectionError,
+    SwitchyardError,
+)
+from switchyard.hookspecs import hookimpl
+from switchyard.launcher import Launcher
+from switchyard.precision import Precision
+from switchyard.registry import PluginRegistry, default_registry
+from switchyard.runtime import Runtime, SetupResult
+from switchyard.seed import seed_everything
+from switchyard.strategy import Strategy
+from switchyard.wrappers import RuntimeDataLoader, RuntimeModule, RuntimeOptimizer
+
+__all__ = [
+    "Accelerator",
+    "AcceleratorEntry",
+    "CheckpointError",
+    "ClusterEnvironment",
+    "DeviceSelectionError",
+    "DevicesArg",
+    "Entry",
+    "EnvironmentEntry",
+    "Launcher",
+    "PluginConflictError",
+    "PluginRegistry",
+    "Precision",
+    "PrecisionEntry",
+    "Runtime",
+    "RuntimeDataLoader",
+    "RuntimeModule",
+    "RuntimeOptimizer",
+    "SelectionError",
+    "SetupResult",
+    "Strategy",
+    "StrategyEntry",
+    "SwitchyardError",
+    "default_registry",
+    "hookimpl",
+    "seed_everything",
+]

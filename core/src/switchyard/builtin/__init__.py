@@ -1,0 +1,78 @@
+"""switchyard's built-in plugin: generic pieces that work with any accelerator.
+
+Registered through the same public hooks as any third-party plugin, under the plugin name
+``builtin``; nothing here has powers an outside plugin lacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from switchyard.entries import EnvironmentEntry, PrecisionEntry, StrategyEntry
+from switchyard.hookspecs import hookimpl
+
+_PRECISIONS = "switchyard.builtin.precisions"
+
+
+@hookimpl
+def switchyard_strategies() -> Iterator[StrategyEntry]:
+    yield StrategyEntry(
+        name="single_device",
+        factory="switchyard.builtin.single_device:SingleDeviceStrategy",
+        description="One process on one device",
+        distributed=False,
+    )
+
+
+@hookimpl
+def switchyard_precisions() -> Iterator[PrecisionEntry]:
+    yield PrecisionEntry(
+        name="32-true",
+        factory=f"{_PRECISIONS}:TruePrecision",
+        init_args={"dtype": "float32"},
+        description="float32 parameters and computation",
+        aliases=("32",),
+    )
+    yield PrecisionEntry(
+        name="64-true",
+        factory=f"{_PRECISIONS}:TruePrecision",
+        init_args={"dtype": "float64"},
+        description="float64 parameters, inputs and computation",
+        aliases=("64",),
+    )
+    yield PrecisionEntry(
+        name="16-mixed",
+        factory=f"{_PRECISIONS}:MixedPrecision",
+        init_args={"dtype": "float16"},
+        description="float32 parameters, float16 autocast, gradient scaling",
+        aliases=("16",),
+    )
+    yield PrecisionEntry(
+        name="bf16-mixed",
+        factory=f"{_PRECISIONS}:MixedPrecision",
+        init_args={"dtype": "bfloat16"},
+        description="float32 parameters, bfloat16 autocast",
+        aliases=("bf16",),
+    )
+    yield PrecisionEntry(
+        name="16-true",
+        factory=f"{_PRECISIONS}:TruePrecision",
+        init_args={"dtype": "float16"},
+        description="float16 parameters, inputs and computation",
+    )
+    yield PrecisionEntry(
+        name="bf16-true",
+        factory=f"{_PRECISIONS}:TruePrecision",
+        init_args={"dtype": "bfloat16"},
+        description="bfloat16 parameters, inputs and computation",
+    )
+
+
+@hookimpl
+def switchyard_environments() -> Iterator[EnvironmentEntry]:
+    yield EnvironmentEntry(
+        name="local",
+        factory="switchyard.builtin.environments:LocalEnvironment",
+        description="This machine; switchyard starts the processes",
+        priority=0,
+    )

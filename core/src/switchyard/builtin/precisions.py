@@ -1,0 +1,155 @@
+"""The torch.amp precisions: ``32-true``, ``64-true``, ``16-mixed``, ``bf16-mixed``, ``16-true``,
+``bf16-true``. Nothing here names a device: autocast and the gradient scaler take the device type
+from the device the runtime binds."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils._pytree import tree_map
+
+from switchyard.precision import Precision
+
+_DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def _dtype(value: torch.dtype | str) -> torch.dtype:
+    if isinstance(value, torch.dtype):
+        return value
+    try:
+        return _DTYPES[value]
+    except KeyError:
+        raise ValueError(f"dtype {value!r} is not one of {sorted(_DTYPES)}") from None
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Create floating-point tensors in ``dtype`` while the context is active."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _convert_floats(data: Any, dtype: torch.dtype) -> Any:
+    def convert(x: Any) -> Any:
+        if isinstance(x, torch.Tensor) and torch.is_floating_point(x) and x.dtype != dtype:
+            return x.to(dtype)
+        return x
+
+    return tree_map(convert, data)
+
+
+class TruePrecision(Precision):
+    """Parameters, inputs and computation all in one dtype: ``32-true``, ``64-true``,
+    ``16-true``, ``bf16-true``. Outputs are returned in the default dtype (float32) unless the
+    dtype is float64, which users pick to get float64 results."""
+
+    def __init__(self, dtype: torch.dtype | str = torch.float32) -> None:
+        self.param_dtype = _dtype(dtype)
+        self.name = {
+            torch.float32: "32-true",
+            torch.float64: "64-true",
+            torch.float16: "16-true",
+            torch.bfloat16: "bf16-true",
+        }[self.param_dtype]
+
+    @property
+    def wraps_forward(self) -> bool:
+        return self.param_dtype != torch.float32
+
+    def convert_module(self, module: nn.Module) -> nn.Module:
+        if self.param_dtype == torch.float32:
+            return module
+        return module.to(dtype=self.param_dtype)
+
+    def module_init_context(self) -> contextlib.AbstractContextManager[Any]:
+        if self.param_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return default_dtype(self.param_dtype)
+
+    def forward_context(self) -> contextlib.AbstractContextManager[Any]:
+        return self.module_init_context()
+
+    def convert_input(self, data: Any) -> Any:
+        return _convert_floats(data, self.param_dtype)
+
+    def convert_output(self, data: Any) -> Any:
+        if self.param_dtype == torch.float64:
+            return data
+        return _convert_floats(data, torch.get_default_dtype())
+
+
+class MixedPrecision(Precision):
+    """Parameters in float32, eligible operations autocast to ``dtype`` (``16-mixed``,
+    ``bf16-mixed``). float16 gets a ``torch.amp.GradScaler`` by default, as torch.amp
+    recommends, so small gradients do not underflow; bfloat16 has float32's range and needs none.
+    """
+
+    def __init__(
+        self,
+        dtype: torch.dtype | str = torch.bfloat16,
+        scaler: torch.amp.GradScaler | bool | None = None,
+    ) -> None:
+        self.compute_dtype = _dtype(dtype)
+        if self.compute_dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(
+                f"mixed precision computes in float16 or bfloat16, not {self.compute_dtype}"
+            )
+        self.name = "16-mixed" if self.compute_dtype == torch.float16 else "bf16-mixed"
+        self._scaler_arg = scaler
+        self.scaler: torch.amp.GradScaler | None = None
+
+    def bind(self, device: torch.device) -> None:
+        super().bind(device)
+        if isinstance(self._scaler_arg, torch.amp.GradScaler):
+            self.scaler = self._scaler_arg
+        elif self._scaler_arg is True or (
+            self._scaler_arg is None and self.compute_dtype == torch.float16
+        ):
+            self.scaler = torch.amp.GradScaler(device.type)
+
+    @property
+    def wraps_forward(self) -> bool:
+        return True
+
+    def forward_context(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.autocast(self.device_type, dtype=self.compute_dtype)
+
+    def convert_output(self, data: Any) -> Any:
+        return _convert_floats(data, torch.get_default_dtype())
+
+    def pre_backward(self, tensor: torch.Tensor, module: nn.Module | None) -> torch.Tensor:
+        if self.scaler is not None:
+            return self.scaler.scale(tensor)
+        return tensor
+
+    def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any:
+        if self.scaler is None:
+            return optimizer.step(**kwargs)
+        result = self.scaler.step(optimizer, **kwargs)
+        self.scaler.update()
+        return result
+
+    def unscale_gradients(self, optimizer: Optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scaler.state_dict() if self.scaler is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.scaler is not None and state_dict:
+            self.scaler.load_state_dict(state_dict)

@@ -1,0 +1,230 @@
+"""The records registration hooks return: one small frozen dataclass per kind of plugin.
+
+A reader learns what to return from a hook by reading one class here. Entries never import their
+implementation: ``factory`` is either the class itself (for light, always-importable code) or a
+``"module:attr"`` string resolved by :meth:`Entry.load` only when a user selects the entry.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
+
+EntryKind = Literal["accelerator", "strategy", "precision", "environment"]
+
+_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
+
+
+def normalize_name(name: str) -> str:
+    """Names are compared lower-case with surrounding whitespace removed (``" DDP "`` is ``ddp``)."""
+    return name.strip().lower()
+
+
+class EntryError(ValueError):
+    """An entry returned by a plugin is malformed (bad name, bad factory string...)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Fields shared by every kind of entry.
+
+    name:
+        What users type, e.g. ``"cuda"``, ``"ddp_spawn"``, ``"bf16-mixed"``. Lower case letters,
+        digits, ``_``, ``-`` and ``.``.
+    factory:
+        The implementation: a class (or any callable returning an instance), or a lazy
+        ``"package.module:attr"`` string, e.g. ``"switchyard_ddp.strategy:DDPStrategy"``.
+    description:
+        One line shown by ``switchyard plugins``, e.g. ``"NVIDIA GPUs through torch.cuda"``.
+    init_args:
+        Keyword arguments the factory is called with, before the user's own, e.g.
+        ``{"start_method": "spawn"}``. Stored read-only.
+    priority:
+        Higher wins when the user asks for ``"auto"``, e.g. ``cuda`` is 100 and ``cpu`` is 0.
+    requires:
+        Top-level modules that must be importable for the entry to be usable, e.g.
+        ``("torch_xla",)``. Checked with :func:`importlib.util.find_spec`, which imports nothing.
+    aliases:
+        Other names for the same entry, e.g. ``("bf16",)`` for ``"bf16-mixed"``.
+    """
+
+    kind: ClassVar[EntryKind]
+
+    name: str
+    factory: Any
+    description: str = ""
+    init_args: Mapping[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    requires: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # normalise once here so every consumer compares the same spelling
+        object.__setattr__(self, "name", normalize_name(str(self.name)))
+        object.__setattr__(self, "aliases", tuple(normalize_name(str(a)) for a in self.aliases))
+        object.__setattr__(self, "requires", tuple(self.requires))
+        object.__setattr__(self, "init_args", MappingProxyType(dict(self.init_args)))
+        for name in (self.name, *self.aliases):
+            if not _NAME_PATTERN.match(name):
+                raise EntryError(
+                    f"{type(self).__name__} name {name!r} is not valid: use lower-case letters, "
+                    "digits, '_', '-' and '.', starting with a letter or digit"
+                )
+        if isinstance(self.factory, str):
+            module, sep, attr = self.factory.partition(":")
+            if not sep or not module or not attr:
+                raise EntryError(
+                    f"{type(self).__name__} {self.name!r}: factory {self.factory!r} must be "
+                    "'package.module:attribute'"
+                )
+        elif not callable(self.factory):
+            raise EntryError(
+                f"{type(self).__name__} {self.name!r}: factory must be a callable or a "
+                f"'module:attr' string, got {type(self.factory).__name__}"
+            )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The name followed by its aliases."""
+        return (self.name, *self.aliases)
+
+    def missing_requirements(self) -> tuple[str, ...]:
+        """The modules from ``requires`` that cannot be found, without importing any of them."""
+        missing = []
+        for module in self.requires:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                missing.append(module)
+        return tuple(missing)
+
+    def load(self) -> Any:
+        """Import and return the factory (the class), resolving a ``"module:attr"`` string."""
+        if not isinstance(self.factory, str):
+            return self.factory
+        module_name, _, attr = self.factory.partition(":")
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def create(self, **kwargs: Any) -> Any:
+        """Instantiate: the factory called with ``init_args`` updated by ``kwargs``."""
+        return self.load()(**{**self.init_args, **kwargs})
+
+
+@dataclass(frozen=True)
+class AcceleratorEntry(Entry):
+    """An accelerator: one kind of device and how to use it.
+
+    The factory builds an :class:`~switchyard.Accelerator`. Example::
+
+        AcceleratorEntry(name="cuda", factory="switchyard_cuda.accelerator:CUDAAccelerator",
+                         description="NVIDIA GPUs through torch.cuda", priority=100)
+    """
+
+    kind: ClassVar[EntryKind] = "accelerator"
+
+
+@dataclass(frozen=True)
+class StrategyEntry(Entry):
+    """A strategy: how a model and its data are spread over processes and devices.
+
+    accelerators:
+        Names of the accelerators it works with, e.g. ``("cpu", "cuda")``; ``None`` means any
+        accelerator that satisfies the strategy's own checks.
+    precisions:
+        Names of the precisions it works with; ``None`` means any.
+    distributed:
+        ``True`` if it runs one process per device (DDP, FSDP); ``False`` for strategies that drive
+        exactly one device in one process. ``strategy="auto"`` picks among non-distributed
+        entries for one device and distributed ones for more.
+
+    Example::
+
+        StrategyEntry(name="ddp_spawn", factory="switchyard_ddp.strategy:DDPStrategy",
+                      init_args={"start_method": "spawn"}, distributed=True)
+    """
+
+    kind: ClassVar[EntryKind] = "strategy"
+
+    accelerators: tuple[str, ...] | None = None
+    precisions: tuple[str, ...] | None = None
+    distributed: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for attr in ("accelerators", "precisions"):
+            value = getattr(self, attr)
+            if value is not None:
+                object.__setattr__(self, attr, tuple(normalize_name(v) for v in value))
+
+
+@dataclass(frozen=True)
+class PrecisionEntry(Entry):
+    """A numerical precision: which dtypes parameters and computation use.
+
+    accelerators:
+        Accelerator names it is restricted to, e.g. ``("cuda",)`` for Transformer Engine;
+        ``None`` means any accelerator that supports its dtype (see
+        :meth:`~switchyard.Accelerator.supports_precision`).
+
+    Example::
+
+        PrecisionEntry(name="bf16-mixed", factory="switchyard.builtin.precisions:MixedPrecision",
+                       init_args={"dtype": "bfloat16"}, aliases=("bf16",))
+    """
+
+    kind: ClassVar[EntryKind] = "precision"
+
+    accelerators: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.accelerators is not None:
+            object.__setattr__(
+                self, "accelerators", tuple(normalize_name(v) for v in self.accelerators)
+            )
+
+
+@dataclass(frozen=True)
+class EnvironmentEntry(Entry):
+    """A cluster environment: where ranks, world size and the rendezvous address come from.
+
+    The factory builds a :class:`~switchyard.ClusterEnvironment`; its ``detect()`` class method
+    says whether the current process runs under it. Among detected environments the highest
+    ``priority`` wins (``torchelastic`` above ``slurm`` above ``local``).
+
+    Example::
+
+        EnvironmentEntry(name="slurm", factory="switchyard.builtin.environments:SLURMEnvironment",
+                         priority=50)
+    """
+
+    kind: ClassVar[EntryKind] = "environment"
+
+
+ENTRY_TYPES: Mapping[EntryKind, type[Entry]] = MappingProxyType(
+    {
+        "accelerator": AcceleratorEntry,
+        "strategy": StrategyEntry,
+        "precision": PrecisionEntry,
+        "environment": EnvironmentEntry,
+    }
+)
+
+HOOK_FOR_KIND: Mapping[EntryKind, str] = MappingProxyType(
+    {
+        "accelerator": "switchyard_accelerators",
+        "strategy": "switchyard_strategies",
+        "precision": "switchyard_precisions",
+        "environment": "switchyard_environments",
+    }
+)

@@ -1,0 +1,143 @@
+"""The contract between switchyard and its plugins.
+
+A plugin is any module or object carrying functions marked with :data:`hookimpl`. It is found
+through the ``switchyard`` entry-point group of an installed distribution, or passed explicitly
+as ``Runtime(plugins=[...])``. switchyard's own pieces (the ``single_device`` strategy, the
+torch.amp precisions, the cluster environments) are plugins written against these same hooks.
+
+Registration hooks (``switchyard_accelerators``, ``switchyard_strategies``,
+``switchyard_precisions``, ``switchyard_environments``) return or yield small frozen records from
+:mod:`switchyard.entries`. They must be cheap: they run every time plugins are discovered, so they
+must not import the engine they describe (torch_xla, deepspeed, intel_extension_for_pytorch...).
+The entry names its implementation lazily, as a ``"module:attr"`` string, imported only when a
+user selects it. switchyard calls each registration hook of each plugin on its own, so one plugin
+that raises is recorded and skipped without hiding the others.
+
+Lifecycle hooks (``switchyard_runtime_started``, ``switchyard_post_setup``,
+``switchyard_runtime_teardown``) let a plugin act on a running :class:`~switchyard.Runtime`
+without owning it, for instance applying ``torch.compile`` or ``ipex.optimize`` after setup.
+
+Example plugin module::
+
+    from switchyard import AcceleratorEntry, hookimpl
+
+    @hookimpl
+    def switchyard_accelerators():
+        yield AcceleratorEntry(
+            name="npu",
+            factory="switchyard_npu.accelerator:NPUAccelerator",
+            description="Example NPU through torch_npu",
+            requires=("torch_npu",),
+            priority=60,
+        )
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from switchyard.entries import (
+        AcceleratorEntry,
+        EnvironmentEntry,
+        PrecisionEntry,
+        StrategyEntry,
+    )
+    from switchyard.runtime import Runtime, SetupResult
+
+PROJECT_NAME = "switchyard"
+"""The pluggy project name, and the entry-point group plugins are published under."""
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+"""Decorator for a plugin's hook implementations: ``@switchyard.hookimpl``."""
+
+
+# -- registration hooks -----------------------------------------------------------------------
+
+
+@hookspec
+def switchyard_accelerators() -> Iterable[AcceleratorEntry] | AcceleratorEntry | None:
+    """Declare the accelerators this plugin provides.
+
+    Called once per discovery, with no arguments. Return (or yield) one or more
+    :class:`~switchyard.AcceleratorEntry`; return ``None`` to declare nothing (for instance when
+    the plugin decides from environment variables that it does not apply).
+
+    Must not import the hardware's runtime library: name the implementation lazily in
+    ``factory="package.module:Class"`` and list what it needs in ``requires``.
+    All plugins' results are collected (this is not a ``firstresult`` hook).
+    """
+
+
+@hookspec
+def switchyard_strategies() -> Iterable[StrategyEntry] | StrategyEntry | None:
+    """Declare the strategies this plugin provides.
+
+    Called once per discovery, with no arguments. Return (or yield) one or more
+    :class:`~switchyard.StrategyEntry`. Several entries may share one factory with different
+    ``init_args`` (``ddp_spawn`` is ``ddp`` with ``start_method="spawn"``).
+    All plugins' results are collected.
+    """
+
+
+@hookspec
+def switchyard_precisions() -> Iterable[PrecisionEntry] | PrecisionEntry | None:
+    """Declare the precisions this plugin provides.
+
+    Called once per discovery, with no arguments. Return (or yield) one or more
+    :class:`~switchyard.PrecisionEntry`. All plugins' results are collected.
+    """
+
+
+@hookspec
+def switchyard_environments() -> Iterable[EnvironmentEntry] | EnvironmentEntry | None:
+    """Declare the cluster environments this plugin can detect.
+
+    Called once per discovery, with no arguments. Return (or yield) one or more
+    :class:`~switchyard.EnvironmentEntry`. When the user does not choose an environment, the
+    detected environment with the highest ``priority`` wins. All plugins' results are collected.
+    """
+
+
+# -- lifecycle hooks --------------------------------------------------------------------------
+
+
+@hookspec
+def switchyard_runtime_started(runtime: Runtime) -> None:
+    """Called in every process once ``runtime.launch()`` has set up the strategy's environment.
+
+    ``runtime.global_rank``, ``runtime.world_size`` and ``runtime.device`` are valid here, and the
+    process group (if any) exists. The return value is ignored.
+    """
+
+
+@hookspec
+def switchyard_post_setup(runtime: Runtime, setup: SetupResult) -> None:
+    """Called after ``runtime.setup(module, *optimizers)`` has prepared a module and optimizers.
+
+    ``setup.module`` is the module after the strategy and precision have handled it (moved to the
+    device, wrapped in DDP or sharded); ``setup.optimizers`` are the matching optimizers. A plugin
+    may replace either in place, for example ``setup.module = torch.compile(setup.module)``; later
+    plugins see the replacement. The user receives the result wrapped by the runtime.
+    The return value is ignored.
+    """
+
+
+@hookspec
+def switchyard_runtime_teardown(runtime: Runtime) -> None:
+    """Called in every process when the runtime tears down (end of ``launch``'d function, or
+    interpreter exit). Release what ``switchyard_runtime_started`` acquired. The return value is
+    ignored; an exception is reported as a warning and does not stop other plugins' teardown.
+    """
+
+
+REGISTRATION_HOOKS: tuple[str, ...] = (
+    "switchyard_accelerators",
+    "switchyard_strategies",
+    "switchyard_precisions",
+    "switchyard_environments",
+)

@@ -1,0 +1,490 @@
+"""The Runtime: the setup API a training script calls."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import os
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, overload
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils._pytree import tree_map
+from torch.utils.data import DataLoader
+
+from switchyard import seed as _seed
+from switchyard.accelerator import Accelerator, DevicesArg
+from switchyard.environment import ClusterEnvironment
+from switchyard.precision import Precision
+from switchyard.registry import PluginRegistry, default_registry
+from switchyard.selection import Plan, select
+from switchyard.strategy import ReduceOp, Strategy
+from switchyard.wrappers import (
+    RuntimeDataLoader,
+    RuntimeModule,
+    RuntimeOptimizer,
+    move_to_device,
+)
+
+T = TypeVar("T")
+
+
+@dataclass
+class SetupResult:
+    """What ``switchyard_post_setup`` hooks may inspect and replace."""
+
+    module: nn.Module
+    optimizers: list[Optimizer] = field(default_factory=list)
+    original_module: nn.Module | None = None
+
+
+class Runtime:
+    """Runs a PyTorch training script on the chosen accelerator, strategy and precision.
+
+    Every argument left as ``None`` is taken from ``switchyard run`` (through ``SWITCHYARD_*``
+    variables) when the script was started that way, and otherwise defaults to ``"auto"``
+    (``devices``, ``accelerator``, ``strategy``, ``environment``), ``1`` (``num_nodes``) or
+    ``"32-true"`` (``precision``).
+
+    Args:
+        accelerator: ``"cpu"``, ``"cuda"``, ``"xla"``..., ``"auto"`` or an ``Accelerator``.
+        strategy: ``"single_device"``, ``"ddp"``, ``"fsdp"``..., ``"auto"`` or a ``Strategy``.
+        devices: how many devices per node (``2``, ``-1`` for all, ``"auto"``) or which
+            (``[0, 2]``, ``"0,2"``).
+        num_nodes: how many machines take part.
+        precision: ``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``... or a ``Precision``.
+        plugins: plugin modules or objects to register besides the installed ones; ``"no:NAME"``
+            to block an installed plugin; or ``Accelerator``/``Strategy``/``Precision``/
+            ``ClusterEnvironment`` instances, used as if passed to their own argument.
+        environment: a cluster environment name, ``"auto"`` (detect) or an instance.
+
+    Example::
+
+        runtime = Runtime(accelerator="auto", devices=1, precision="bf16-mixed")
+        runtime.launch()
+        model, optimizer = runtime.setup(model, optimizer)
+        loader = runtime.setup_dataloaders(loader)
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            runtime.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+    """
+
+    def __init__(
+        self,
+        accelerator: str | Accelerator | None = None,
+        strategy: str | Strategy | None = None,
+        devices: DevicesArg | None = None,
+        num_nodes: int | None = None,
+        precision: str | int | Precision | None = None,
+        plugins: Sequence[object] | None = None,
+        environment: str | ClusterEnvironment | None = None,
+    ) -> None:
+        hook_plugins: list[object] = []
+        for plugin in plugins or ():
+            if isinstance(plugin, Accelerator):
+                accelerator = _only_once("accelerator", accelerator, plugin)
+            elif isinstance(plugin, Strategy):
+                strategy = _only_once("strategy", strategy, plugin)
+            elif isinstance(plugin, Precision):
+                precision = _only_once("precision", precision, plugin)
+            elif isinstance(plugin, ClusterEnvironment):
+                environment = _only_once("environment", environment, plugin)
+            else:
+                hook_plugins.append(plugin)
+        self.registry: PluginRegistry = (
+            PluginRegistry(hook_plugins) if hook_plugins else default_registry()
+        )
+        self.plan: Plan = select(
+            self.registry,
+            accelerator=accelerator,
+            strategy=strategy,
+            devices=devices,
+            num_nodes=num_nodes,
+            precision=precision,
+            environment=environment,
+        )
+        self._launched = False
+        self._torn_down = False
+        self._modules: list[RuntimeModule] = []
+
+    # -- what was chosen ------------------------------------------------------------------
+
+    @property
+    def accelerator(self) -> Accelerator:
+        return self.plan.accelerator
+
+    @property
+    def strategy(self) -> Strategy:
+        return self.plan.strategy
+
+    @property
+    def precision(self) -> Precision:
+        return self.plan.precision
+
+    @property
+    def environment(self) -> ClusterEnvironment:
+        return self.plan.environment
+
+    @property
+    def device(self) -> torch.device:
+        """The device this process computes on."""
+        return self.strategy.root_device
+
+    @property
+    def global_rank(self) -> int:
+        return self.strategy.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self.strategy.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        return self.strategy.node_rank
+
+    @property
+    def world_size(self) -> int:
+        return self.strategy.world_size
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.strategy.is_global_zero
+
+    def __repr__(self) -> str:
+        names = self.plan.names
+        return (
+            f"Runtime(accelerator={names['accelerator']!r}, strategy={names['strategy']!r}, "
+            f"devices={list(self.plan.device_indices)}, num_nodes={self.plan.num_nodes}, "
+            f"precision={names['precision']!r})"
+        )
+
+    # -- processes ------------------------------------------------------------------------
+
+    def launch(
+        self, function: Callable[..., T] | None = None, *args: Any, **kwargs: Any
+    ) -> T | None:
+        """Start the processes the strategy needs and prepare this one.
+
+        Without ``function`` (the usual four-line change) the script continues in every process
+        after this call. With a function, ``function(runtime, *args, **kwargs)`` runs in every
+        process and rank zero's result is returned; strategies that start processes with
+        ``torch.multiprocessing`` (``ddp_spawn``) need this form.
+        """
+        if self._launched:
+            raise RuntimeError("runtime.launch() was already called; call it once per Runtime")
+        self._launched = True
+        launcher = self.strategy.launcher
+        if launcher is not None and not self.environment.creates_processes_externally:
+            if function is None and launcher.requires_function:
+                raise RuntimeError(
+                    f"strategy {self.plan.names['strategy']!r} starts its processes with "
+                    "torch.multiprocessing and needs the function to run in them: "
+                    "runtime.launch(main), where main(runtime) holds the training code"
+                )
+            if function is None:
+                launcher.launch(None)
+                self._setup_process()
+                return None
+            return launcher.launch(
+                functools.partial(_run_in_process, self, function), *args, **kwargs
+            )
+        self._setup_process()
+        if function is None:
+            return None
+        try:
+            return function(self, *args, **kwargs)
+        finally:
+            self.teardown()
+
+    def _setup_process(self) -> None:
+        self.strategy.setup_environment()
+        atexit.register(self.teardown)
+        self.registry.hook.switchyard_runtime_started(runtime=self)
+
+    def _ensure_launched(self) -> None:
+        if self._launched:
+            return
+        if self.plan.world_size > 1 and not self.environment.creates_processes_externally:
+            raise RuntimeError(
+                f"this runtime runs {self.plan.world_size} processes; call runtime.launch() "
+                "before setting anything up, so that they are started"
+            )
+        self._launched = True
+        self._setup_process()
+
+    def teardown(self) -> None:
+        """End the run in this process: plugin teardown hooks, then the strategy's (which
+        destroys the process group). Called automatically at exit; safe to call twice."""
+        if self._torn_down or not self._launched:
+            return
+        self._torn_down = True
+        atexit.unregister(self.teardown)
+        try:
+            self.registry.hook.switchyard_runtime_teardown(runtime=self)
+        finally:
+            self.strategy.teardown()
+
+    # -- setup ----------------------------------------------------------------------------
+
+    @overload
+    def setup(self, module: nn.Module, *, move_to_device: bool = True) -> RuntimeModule: ...
+
+    @overload
+    def setup(
+        self, module: nn.Module, *optimizers: Optimizer, move_to_device: bool = True
+    ) -> tuple[Any, ...]: ...
+
+    def setup(self, module: nn.Module, *optimizers: Optimizer, move_to_device: bool = True) -> Any:
+        """Prepare a module and its optimizers: precision conversion, device placement and the
+        strategy's wrapping. Returns the wrapped module, or ``(module, *optimizers)``.
+
+        Create optimizers before calling this, from the module's parameters.
+        """
+        self._ensure_launched()
+        _check_not_set_up(module)
+        original = module
+        module = self.precision.convert_module(module)
+        if optimizers:
+            module, prepared = self.strategy.setup_module_and_optimizers(module, list(optimizers))
+        else:
+            module, prepared = (
+                self.strategy.setup_module(module) if move_to_device else module,
+                [],
+            )
+        result = SetupResult(module=module, optimizers=prepared, original_module=original)
+        self.registry.hook.switchyard_post_setup(runtime=self, setup=result)
+        wrapped = RuntimeModule(result.module, self.precision, original)
+        self._modules.append(wrapped)
+        if not optimizers:
+            return wrapped
+        return (wrapped, *(RuntimeOptimizer(o, self.strategy) for o in result.optimizers))
+
+    def setup_module(self, module: nn.Module, move_to_device: bool = True) -> RuntimeModule:
+        """Prepare a module on its own (for instance one that has no optimizer)."""
+        return self.setup(module, move_to_device=move_to_device)
+
+    def setup_optimizers(self, *optimizers: Optimizer) -> Any:
+        """Prepare optimizers whose module was set up on its own, with :meth:`setup_module`.
+        Returns one optimizer, or a tuple of them."""
+        self._ensure_launched()
+        prepared = [
+            RuntimeOptimizer(self.strategy.setup_optimizer(o), self.strategy) for o in optimizers
+        ]
+        return prepared[0] if len(prepared) == 1 else tuple(prepared)
+
+    def setup_dataloaders(
+        self,
+        *dataloaders: DataLoader[Any],
+        use_distributed_sampler: bool = True,
+        move_to_device: bool = True,
+    ) -> Any:
+        """Prepare data loaders: a ``DistributedSampler`` when the strategy splits data between
+        processes (unless ``use_distributed_sampler=False``), batches moved to the device
+        (unless ``move_to_device=False``). Returns one loader, or a tuple of them."""
+        self._ensure_launched()
+        from switchyard.dataloading import prepare_dataloader
+
+        prepared = []
+        for loader in dataloaders:
+            if isinstance(loader, RuntimeDataLoader):
+                raise ValueError("this data loader was already set up; pass the original one")
+            loader = prepare_dataloader(
+                loader,
+                self.strategy.distributed_sampler_kwargs if use_distributed_sampler else None,
+                rank=self.global_rank,
+            )
+            loader = self.strategy.process_dataloader(loader)
+            prepared.append(RuntimeDataLoader(loader, self.device if move_to_device else None))
+        return prepared[0] if len(prepared) == 1 else tuple(prepared)
+
+    # -- the training step ----------------------------------------------------------------
+
+    def backward(
+        self, tensor: torch.Tensor, *args: Any, model: nn.Module | None = None, **kwargs: Any
+    ) -> None:
+        """``tensor.backward()`` the way the strategy and precision need it (gradient scaling,
+        engine-specific backward). ``model`` is needed only when several modules were set up
+        and the strategy must know which one the loss belongs to."""
+        module: nn.Module | None
+        if isinstance(model, RuntimeModule):
+            module = model._forward_module
+        elif model is not None:
+            module = model
+        elif len(self._modules) == 1:
+            module = self._modules[0]._forward_module
+        else:
+            module = None
+        self.strategy.backward(tensor, module, *args, **kwargs)
+
+    def clip_gradients(
+        self,
+        module: nn.Module,
+        optimizer: Optimizer,
+        clip_val: float | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = True,
+    ) -> torch.Tensor | None:
+        """Clip gradients by value (``clip_val``) or by total norm (``max_norm``), after
+        unscaling them. Returns the total norm before clipping when clipping by norm."""
+        if (clip_val is None) == (max_norm is None):
+            raise ValueError(
+                f"clip_gradients needs exactly one of clip_val or max_norm; got clip_val="
+                f"{clip_val}, max_norm={max_norm}"
+            )
+        inner_module = module._forward_module if isinstance(module, RuntimeModule) else module
+        inner_opt = optimizer._optimizer if isinstance(optimizer, RuntimeOptimizer) else optimizer
+        if max_norm is not None:
+            return self.strategy.clip_gradients_norm(
+                inner_module, inner_opt, max_norm, norm_type, error_if_nonfinite
+            )
+        assert clip_val is not None
+        self.strategy.clip_gradients_value(inner_module, inner_opt, clip_val)
+        return None
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The precision's forward context, for computation outside the set-up module's forward
+        (a loss computed on the outputs, say)."""
+        return self.precision.forward_context()
+
+    def no_backward_sync(
+        self, module: nn.Module, enabled: bool = True
+    ) -> contextlib.AbstractContextManager[Any]:
+        """Skip gradient synchronization between processes in backward while active (gradient
+        accumulation); ``enabled=False`` makes it a no-op so one loop serves every step."""
+        if not isinstance(module, RuntimeModule):
+            raise TypeError(
+                "no_backward_sync needs the module returned by runtime.setup(), got "
+                f"{type(module).__name__}"
+            )
+        if not enabled:
+            return contextlib.nullcontext()
+        return self.strategy.no_backward_sync(module._forward_module, enabled)
+
+    @contextlib.contextmanager
+    def init_module(self, empty_init: bool | None = None) -> Generator[None, None, None]:
+        """Create modules directly on the device and in the precision's dtype:
+        ``with runtime.init_module(): model = Net()``. ``empty_init=True`` skips weight
+        initialization where the strategy can (weights will be loaded from a checkpoint)."""
+        self._ensure_launched()
+        with self.strategy.module_init_context(empty_init):
+            yield
+
+    def to_device(self, obj: T) -> T:
+        """Move a module, tensor or nested structure of tensors to this process's device."""
+        if isinstance(obj, nn.Module):
+            return obj.to(self.device)  # type: ignore[return-value]
+        return move_to_device(obj, self.device)  # type: ignore[no-any-return]
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on global rank zero only."""
+        if self.is_global_zero:
+            print(*args, **kwargs)
+
+    @staticmethod
+    def seed_everything(seed: int | None = None, workers: bool = False) -> int:
+        """Seed ``random``, NumPy (if used) and torch; see :func:`switchyard.seed_everything`."""
+        return _seed.seed_everything(seed, workers=workers)
+
+    # -- collectives ----------------------------------------------------------------------
+
+    def all_reduce(self, data: Any, op: ReduceOp = "mean") -> Any:
+        """Reduce tensors (or numbers) in a nested structure across processes: ``"sum"``,
+        ``"mean"``, ``"max"``, ``"min"``."""
+        return tree_map(lambda x: self.strategy.all_reduce(_as_tensor(x, self.device), op=op), data)
+
+    def all_gather(self, data: Any) -> Any:
+        """Gather tensors in a nested structure from every process, stacked along a new first
+        dimension of size ``world_size``."""
+        return tree_map(lambda x: self.strategy.all_gather(_as_tensor(x, self.device)), data)
+
+    def broadcast(self, obj: T, src: int = 0) -> T:
+        """Send a picklable object from rank ``src`` to every process."""
+        return self.strategy.broadcast(obj, src=src)
+
+    def barrier(self, name: str | None = None) -> None:
+        """Wait until every process reaches this point."""
+        self.strategy.barrier(name)
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        state: Mapping[str, Any],
+        filter: Mapping[str, Callable[[str, Any], bool]] | None = None,
+    ) -> None:
+        """Save ``state`` (modules, optimizers, anything with ``state_dict``, plain values) to
+        ``path``, atomically. Single-file strategies write from global rank zero only; sharded
+        strategies write one directory together."""
+        self.strategy.save_checkpoint(Path(path), _unwrap_state(state), filter=filter)
+
+    def load(
+        self,
+        path: str | os.PathLike[str],
+        state: Mapping[str, Any] | None = None,
+        strict: bool = True,
+        weights_only: bool = True,
+    ) -> dict[str, Any]:
+        """Restore objects in ``state`` in place from ``path`` (plain values in a dict ``state``
+        are replaced). Returns what the checkpoint holds beyond ``state``; with ``state=None``,
+        everything. ``weights_only=False`` allows arbitrary pickles: trusted files only."""
+        unwrapped = _unwrap_state(state or {})
+        remainder = self.strategy.load_checkpoint(
+            Path(path), unwrapped, strict=strict, weights_only=weights_only
+        )
+        if isinstance(state, dict):
+            for key, value in unwrapped.items():
+                if not isinstance(state[key], (RuntimeModule, RuntimeOptimizer)):
+                    state[key] = value
+        return remainder
+
+
+def _run_in_process(runtime: Runtime, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    runtime._launched = True
+    runtime._setup_process()
+    try:
+        return function(runtime, *args, **kwargs)
+    finally:
+        runtime.teardown()
+
+
+def _only_once(name: str, current: Any, plugin: Any) -> Any:
+    if current is not None:
+        raise ValueError(
+            f"{name} was given twice: {name}={current!r} and plugins=[{plugin!r}]; pass one"
+        )
+    return plugin
+
+
+def _check_not_set_up(module: nn.Module) -> None:
+    if isinstance(module, RuntimeModule):
+        raise ValueError(
+            "this module was already set up by runtime.setup(); pass the original module "
+            "(model.module) or keep using the set-up one"
+        )
+
+
+def _unwrap_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    unwrapped: dict[str, Any] = {}
+    for key, obj in state.items():
+        if isinstance(obj, RuntimeModule):
+            # the user's module (not a DDP wrapper), so state-dict keys carry no wrapper prefix
+            obj = obj.module
+        elif isinstance(obj, RuntimeOptimizer):
+            obj = obj._optimizer
+        unwrapped[key] = obj
+    return unwrapped
+
+
+def _as_tensor(value: Any, device: torch.device) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch.tensor(value, device=device)

@@ -1,0 +1,56 @@
+"""Seeding every random number generator a training run uses."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from typing import Any
+
+import torch
+
+_MAX_SEED = 2**32 - 1
+ENV_SEED = "SWITCHYARD_GLOBAL_SEED"
+ENV_SEED_WORKERS = "SWITCHYARD_SEED_WORKERS"
+
+
+def seed_everything(seed: int | None = None, workers: bool = False) -> int:
+    """Seed Python's ``random``, NumPy (when installed) and torch on every device.
+
+    ``seed=None`` reuses ``SWITCHYARD_GLOBAL_SEED`` (so processes started by switchyard agree) or
+    falls back to 0. ``workers=True`` makes data-loader workers prepared by
+    ``Runtime.setup_dataloaders`` derive distinct, reproducible seeds from it. The seed is exported
+    to child processes. Returns the seed used.
+    """
+    if seed is None:
+        seed = int(os.environ.get(ENV_SEED, 0))
+    if not 0 <= int(seed) <= _MAX_SEED:
+        raise ValueError(f"seed={seed} is out of range; pass an integer in [0, {_MAX_SEED}]")
+    seed = int(seed)
+    os.environ[ENV_SEED] = str(seed)
+    os.environ[ENV_SEED_WORKERS] = "1" if workers else "0"
+    random.seed(seed)
+    numpy = sys.modules.get("numpy")  # seed NumPy only if the program uses it; never import it
+    if numpy is not None:
+        numpy.random.seed(seed)
+    torch.manual_seed(seed)  # seeds every device's generator too
+    return seed
+
+
+def worker_init_function(worker_id: int, rank: int | None = None) -> None:
+    """``worker_init_fn`` for data loaders: a seed distinct per (global seed, rank, worker).
+
+    The three numbers are mixed through torch's generator, so neighbouring ranks and workers
+    get unrelated seeds rather than consecutive ones.
+    """
+    global_seed = int(os.environ.get(ENV_SEED, 0))
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    generator = torch.Generator().manual_seed(
+        (global_seed * 1_000_003 + rank * 10_007 + worker_id) % (2**63 - 1)
+    )
+    seed = int(torch.randint(0, _MAX_SEED, (1,), generator=generator).item())
+    random.seed(seed)
+    torch.manual_seed(seed)
+    numpy: Any = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed(seed)

@@ -1,0 +1,285 @@
+"""The Strategy interface: how a model, its optimizers and its data are spread over devices."""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+
+from switchyard import checkpoint
+from switchyard.accelerator import Accelerator
+from switchyard.environment import ClusterEnvironment
+from switchyard.launcher import Launcher
+from switchyard.precision import Precision
+
+T = TypeVar("T")
+
+ReduceOp = str
+"""``"sum"``, ``"mean"``, ``"max"``, ``"min"`` or ``"product"``."""
+
+
+class Strategy(ABC):
+    """Base class of strategies; holds the accelerator, precision and environment it runs with.
+
+    Selection constructs the strategy from its entry (or takes the user's instance) and calls
+    :meth:`bind`. In every process, :meth:`setup_environment` then runs once, after any launch.
+    Defaults here are those of one process driving one device; a distributed strategy overrides
+    :attr:`launcher`, :meth:`setup_environment`, the collectives and :meth:`setup_module`.
+    """
+
+    accelerator: Accelerator
+    precision: Precision
+    environment: ClusterEnvironment
+    devices: list[torch.device]
+    """The devices of this node, one per local process (one in total for single-device)."""
+    num_nodes: int = 1
+
+    def bind(
+        self,
+        *,
+        accelerator: Accelerator,
+        precision: Precision,
+        environment: ClusterEnvironment,
+        devices: Sequence[torch.device],
+        num_nodes: int,
+    ) -> None:
+        """Attach the pieces selection chose. Called once, before :meth:`setup_environment`."""
+        self.accelerator = accelerator
+        self.precision = precision
+        self.environment = environment
+        self.devices = list(devices)
+        self.num_nodes = num_nodes
+
+    # -- processes ------------------------------------------------------------------------
+
+    @property
+    def launcher(self) -> Launcher | None:
+        """The launcher that starts this strategy's processes, or ``None`` for one process."""
+        return None
+
+    @property
+    def world_size(self) -> int:
+        """Number of processes in the job."""
+        return 1
+
+    @property
+    def global_rank(self) -> int:
+        return 0
+
+    @property
+    def local_rank(self) -> int:
+        return 0
+
+    @property
+    def node_rank(self) -> int:
+        return 0
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.global_rank == 0
+
+    @property
+    @abstractmethod
+    def root_device(self) -> torch.device:
+        """The device this process computes on."""
+
+    def setup_environment(self) -> None:
+        """Prepare this process: select its device, create the process group. Called once per
+        process after launch, before anything is set up."""
+        self.accelerator.setup_device(self.root_device)
+        self.precision.bind(self.root_device)
+
+    def teardown(self) -> None:
+        """Release what :meth:`setup_environment` created (destroy the process group)."""
+        self.precision.teardown()
+        self.accelerator.teardown()
+
+    # -- modules and optimizers -----------------------------------------------------------
+
+    def module_init_context(self, empty_init: bool | None = None) -> contextlib.ExitStack:
+        """A context under which new modules are created on the device in the right dtype.
+
+        ``empty_init=True`` allows skipping parameter initialization (weights will be loaded);
+        strategies that shard may then create modules on the meta device.
+        """
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.root_device)
+        stack.enter_context(self.precision.module_init_context())
+        return stack
+
+    def setup_module_and_optimizers(
+        self, module: nn.Module, optimizers: Sequence[Optimizer]
+    ) -> tuple[nn.Module, list[Optimizer]]:
+        """Prepare a module and its optimizers together. Strategies that must see both at once
+        (DeepSpeed) override this; the default sets each up on its own."""
+        module = self.setup_module(module)
+        return module, [self.setup_optimizer(optimizer) for optimizer in optimizers]
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        """Move a module to the device and wrap it for this strategy."""
+        return self.module_to_device(module)
+
+    def module_to_device(self, module: nn.Module) -> nn.Module:
+        return module.to(self.root_device)
+
+    def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
+        """Prepare an optimizer whose parameters already live on the device."""
+        return optimizer
+
+    def process_dataloader(self, dataloader: DataLoader[Any]) -> DataLoader[Any]:
+        """Adapt a data loader (e.g. hand it to an engine's own loader). Default: unchanged."""
+        return dataloader
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, int] | None:
+        """``num_replicas``/``rank`` for a ``DistributedSampler``, or ``None`` when data need not
+        be split between processes."""
+        return None
+
+    # -- the training step ----------------------------------------------------------------
+
+    def backward(
+        self, tensor: torch.Tensor, module: nn.Module | None, *args: Any, **kw: Any
+    ) -> None:
+        tensor = self.precision.pre_backward(tensor, module)
+        self.precision.backward(tensor, module, *args, **kw)
+        self.precision.post_backward(tensor, module)
+
+    def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any:
+        return self.precision.optimizer_step(optimizer, **kwargs)
+
+    def no_backward_sync(
+        self, module: nn.Module, enabled: bool
+    ) -> contextlib.AbstractContextManager[Any]:
+        """Skip gradient synchronization in backward while the context is active (gradient
+        accumulation). Default: nothing to skip."""
+        return contextlib.nullcontext()
+
+    def clip_gradients_norm(
+        self,
+        module: nn.Module,
+        optimizer: Optimizer,
+        max_norm: float,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = True,
+    ) -> torch.Tensor:
+        self.precision.unscale_gradients(optimizer)
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        return torch.nn.utils.clip_grad_norm_(
+            parameters, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
+        )
+
+    def clip_gradients_value(
+        self, module: nn.Module, optimizer: Optimizer, clip_val: float
+    ) -> None:
+        self.precision.unscale_gradients(optimizer)
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_value_(parameters, clip_val)
+
+    # -- collectives (identity on one process) --------------------------------------------
+
+    def all_reduce(self, tensor: torch.Tensor, op: ReduceOp = "mean") -> torch.Tensor:
+        return tensor
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Gather ``tensor`` from every process, stacked along a new first dimension."""
+        return tensor.unsqueeze(0)
+
+    def broadcast(self, obj: T, src: int = 0) -> T:
+        return obj
+
+    def barrier(self, name: str | None = None) -> None:
+        pass
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def module_state_dict(self, module: nn.Module) -> dict[str, Any]:
+        return module.state_dict()
+
+    def load_module_state_dict(
+        self, module: nn.Module, state_dict: Mapping[str, Any], strict: bool = True
+    ) -> None:
+        module.load_state_dict(state_dict, strict=strict)
+
+    def optimizer_state_dict(self, optimizer: Optimizer) -> dict[str, Any]:
+        return optimizer.state_dict()
+
+    def load_optimizer_state_dict(
+        self, optimizer: Optimizer, state_dict: Mapping[str, Any]
+    ) -> None:
+        optimizer.load_state_dict(dict(state_dict))
+
+    def save_checkpoint(
+        self,
+        path: str | Path,
+        state: Mapping[str, Any],
+        filter: Mapping[str, Callable[[str, Any], bool]] | None = None,
+    ) -> None:
+        """Write ``state`` (modules and optimizers replaced by their state dicts) to ``path``,
+        atomically, from global rank zero only."""
+        if self.is_global_zero:
+            checkpoint.atomic_save(self._to_savable(state, filter), path)
+        self.barrier("save_checkpoint")
+
+    def load_checkpoint(
+        self,
+        path: str | Path,
+        state: Mapping[str, Any],
+        strict: bool = True,
+        weights_only: bool = True,
+    ) -> dict[str, Any]:
+        """Restore modules, optimizers and objects with ``load_state_dict`` in ``state`` in place
+        from ``path``; return the checkpoint's entries that ``state`` did not ask for."""
+        loaded = checkpoint.load_file(path, weights_only=weights_only)
+        return self._restore(loaded, state, strict)
+
+    def _to_savable(
+        self, state: Mapping[str, Any], filter: Mapping[str, Callable[[str, Any], bool]] | None
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, obj in state.items():
+            if isinstance(obj, nn.Module):
+                value: Any = self.module_state_dict(obj)
+            elif isinstance(obj, Optimizer):
+                value = self.optimizer_state_dict(obj)
+            elif hasattr(obj, "state_dict") and callable(obj.state_dict):
+                value = obj.state_dict()
+            else:
+                value = obj
+            if filter is not None and key in filter and isinstance(value, dict):
+                value = {k: v for k, v in value.items() if filter[key](k, v)}
+            out[key] = value
+        return out
+
+    def _restore(
+        self, loaded: Mapping[str, Any], state: Mapping[str, Any], strict: bool
+    ) -> dict[str, Any]:
+        missing = [key for key in state if key not in loaded]
+        if missing and strict:
+            raise KeyError(
+                f"the checkpoint has no entry {missing[0]!r}; it holds {sorted(loaded)}. "
+                "Pass strict=False to load what is there."
+            )
+        for key, obj in state.items():
+            if key not in loaded:
+                continue
+            if isinstance(obj, nn.Module):
+                self.load_module_state_dict(obj, loaded[key], strict=strict)
+            elif isinstance(obj, Optimizer):
+                self.load_optimizer_state_dict(obj, loaded[key])
+            elif hasattr(obj, "load_state_dict") and callable(obj.load_state_dict):
+                obj.load_state_dict(loaded[key])
+            elif isinstance(state, MutableMapping):
+                # plain values (step counters, config) are replaced in the caller's dict
+                state[key] = loaded[key]
+        return {key: value for key, value in loaded.items() if key not in state}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

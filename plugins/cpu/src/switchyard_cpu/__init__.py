@@ -1,0 +1,5 @@
+"""switchyard-cpu: the CPU accelerator plugin."""
+
+from switchyard_cpu.accelerator import CPUAccelerator
+
+__all__ = ["CPUAccelerator"]

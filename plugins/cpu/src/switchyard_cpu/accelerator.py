@@ -1,0 +1,75 @@
+"""The CPU accelerator."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+
+from switchyard import Accelerator, DeviceSelectionError
+
+
+class CPUAccelerator(Accelerator):
+    """The host CPU. It has no device indices: ``devices=N`` means N processes, each using the
+    CPU (with ``torch`` threads divided between them by the strategy)."""
+
+    device_type: ClassVar[str] = "cpu"
+    distributed_backend: ClassVar[str | None] = "gloo"
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return True
+
+    @classmethod
+    def device_count(cls) -> int:
+        return os.cpu_count() or 1
+
+    @classmethod
+    def auto_device_count(cls) -> int:
+        return 1
+
+    @classmethod
+    def parse_devices(cls, devices: int | str | Sequence[int]) -> list[int]:
+        if isinstance(devices, str):
+            text = devices.strip().lower()
+            if text == "auto":
+                return [0]
+            if "," in text:
+                raise DeviceSelectionError(
+                    f"devices={devices!r} lists device indices, but the CPU has none; pass "
+                    "devices=N to run N processes on the CPU"
+                )
+            try:
+                devices = int(text)
+            except ValueError:
+                raise DeviceSelectionError(
+                    f"devices={devices!r} is not understood; on the CPU pass devices=N (N "
+                    "processes) or 'auto' (one)"
+                ) from None
+        if isinstance(devices, bool) or not isinstance(devices, int):
+            raise DeviceSelectionError(
+                f"devices={devices!r}: the CPU has no device indices; pass devices=N to run N "
+                "processes on the CPU, or 'auto' for one"
+            )
+        if devices == -1:
+            return list(range(cls.device_count()))
+        if devices < 1:
+            raise DeviceSelectionError(
+                f"devices={devices} is not a valid number of CPU processes; pass a positive "
+                "number, -1 (one per core) or 'auto'"
+            )
+        return list(range(devices))
+
+    @classmethod
+    def get_device(cls, index: int) -> torch.device:
+        return torch.device("cpu")
+
+    def memory_stats(self, device: torch.device) -> dict[str, int]:
+        try:
+            import resource
+        except ImportError:  # not on Windows
+            return {}
+        # ru_maxrss is KiB on Linux
+        return {"peak_allocated": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
