@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 PLUGINS = HERE.parent / "plugins"
 
 BASE = ["torch>=2.8", "pluggy>=1.5"]
-DEFAULT_PLUGINS = ["cpu"]
+DEFAULT_PLUGINS = ["cpu", "ddp"]
 # extra -> (first-party plugin, third-party engine requirements)
 EXTRAS = {
     "cuda": ("cuda", []),

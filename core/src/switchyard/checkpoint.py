@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,13 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             f"cannot save checkpoint to {str(path)!r}: it is a directory; pass a file path "
             "such as 'checkpoints/last.pt'"
         )
-    # same directory, so os.replace is a rename within one file system
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # same directory, so os.replace is a rename within one file system. Created with open()
+    # (exclusive) rather than tempfile.mkstemp, whose files are private (0600): the checkpoint
+    # gets the permissions torch.save would have given it (0666 less the umask)
+    tmp_name = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    handle = open(tmp_name, "xb")  # noqa: SIM115 (closed by the with below)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with handle:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())

@@ -1,5 +1,5 @@
 """The ``switchyard`` command: ``plugins`` (what is installed and usable), ``env`` (a bug-report
-dump). Sub-commands register themselves in :data:`COMMANDS`; none is a hard-coded device list."""
+dump), ``run`` (launch a script on N devices and nodes). Sub-commands register themselves in :data:`COMMANDS`; none is a hard-coded device list."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def usability(registration: Registration) -> str | None:
         return None
     try:
         cls = registration.entry.load()
-        return cls.unavailable_reason()  # type: ignore[no-any-return]
+        return cls.unavailable_reason()
     except Exception as error:
         return f"cannot be imported: {type(error).__name__}: {error}"
 
@@ -64,8 +64,8 @@ def plugins_report(registry: PluginRegistry) -> dict[str, Any]:
     """What ``switchyard plugins --json`` prints."""
     entries = []
     for kind in ("accelerator", "strategy", "precision", "environment"):
-        conflicts = registry.conflicts(kind)  # type: ignore[arg-type]
-        for reg in sorted(registry.registrations(kind), key=lambda r: r.entry.name):  # type: ignore[arg-type]
+        conflicts = registry.conflicts(kind)
+        for reg in sorted(registry.registrations(kind), key=lambda r: r.entry.name):
             reason = usability(reg)
             clash = [
                 r.plugin.name
@@ -171,7 +171,7 @@ def env_report(registry: PluginRegistry) -> dict[str, Any]:
         {
             (r.plugin.distribution, r.plugin.version)
             for kind in ("accelerator", "strategy", "precision", "environment")
-            for r in registry.registrations(kind)  # type: ignore[arg-type]
+            for r in registry.registrations(kind)
             if r.plugin.distribution
         },
     )
@@ -243,7 +243,87 @@ def _add_env(sub: Any) -> None:
     parser.set_defaults(func=cmd_env)
 
 
-COMMANDS: list[Callable[[Any], None]] = [_add_plugins, _add_env]
+def cmd_run(args: argparse.Namespace) -> int:
+    from switchyard.launchers.torchrun import (
+        check_port_free,
+        run_torchrun,
+        torchrun_arguments,
+    )
+    from switchyard.selection import ENV_PREFIX, select
+
+    choices = {
+        "accelerator": args.accelerator,
+        "strategy": args.strategy,
+        "devices": args.devices,
+        "num_nodes": args.num_nodes,
+        "precision": args.precision,
+    }
+    for name, value in choices.items():
+        if value is not None:
+            os.environ[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+    os.environ["NODE_RANK"] = str(args.node_rank)
+    if args.main_address is not None:
+        os.environ["MASTER_ADDR"] = args.main_address
+    if args.main_port is not None:
+        os.environ["MASTER_PORT"] = str(args.main_port)
+    # resolve now, in the launcher, so bad choices fail before any process starts
+    plan = select(default_registry(), **choices)
+    command = (
+        ["-m", args.script, *args.script_args] if args.module else [args.script, *args.script_args]
+    )
+    launcher = plan.strategy.launcher
+    if launcher is None or launcher.requires_function:
+        # one process, or the script starts its own with torch.multiprocessing
+        os.execv(sys.executable, [sys.executable, *command])
+    if args.main_port is not None and args.node_rank == 0:
+        check_port_free(os.environ.get("MASTER_ADDR", "127.0.0.1"), args.main_port)
+    arguments = torchrun_arguments(
+        num_processes=len(plan.device_indices),
+        num_nodes=plan.num_nodes,
+        node_rank=args.node_rank,
+        main_address=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+        main_port=args.main_port,
+        command=command,
+    )
+    return run_torchrun(arguments)
+
+
+def _add_run(sub: Any) -> None:
+    parser = sub.add_parser(
+        "run",
+        help="run a training script on N devices and/or nodes",
+        description=(
+            "Run SCRIPT with one process per device, through torch.distributed.run (torchrun). "
+            "The script's own Runtime() picks up the choices below for every argument it leaves "
+            "unset. For several machines, run the same command on each with its --node-rank "
+            "and the address of node 0."
+        ),
+    )
+    parser.add_argument("--accelerator", help="cpu, cuda, ... or auto (see 'switchyard plugins')")
+    parser.add_argument("--strategy", help="ddp, fsdp, ... or auto")
+    parser.add_argument("--devices", help="devices per node: a count, -1, a list like 0,1, or auto")
+    parser.add_argument(
+        "--num-nodes", type=int, default=None, help="machines in the job (default 1)"
+    )
+    parser.add_argument("--node-rank", type=int, default=0, help="this machine's index (default 0)")
+    parser.add_argument("--main-address", help="address of node 0 (default 127.0.0.1)")
+    parser.add_argument(
+        "--main-port",
+        type=int,
+        help="rendezvous port on node 0 (default: a free one, or 29500 for several nodes)",
+    )
+    parser.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed, ...")
+    parser.add_argument(
+        "-m", "--module", action="store_true", help="SCRIPT is a module name, as with python -m"
+    )
+    parser.add_argument("script", metavar="SCRIPT", help="the training script")
+    parser.add_argument(
+        "script_args", nargs=argparse.REMAINDER, metavar="...", help="arguments for the script"
+    )
+    parser.set_defaults(func=cmd_run)
+
+
+COMMANDS: list[Callable[[Any], None]] = [_add_plugins, _add_env, _add_run]
 """Functions that add one sub-command each to the parser."""
 
 
@@ -264,5 +344,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    result: int = args.func(args)
+    from switchyard.errors import SwitchyardError
+
+    try:
+        result: int = args.func(args)
+    except SwitchyardError as error:
+        # a wrong choice is the user's to fix: the message, not a traceback into switchyard
+        print(f"switchyard {args.command}: error: {error}", file=sys.stderr)
+        return 2
     return result

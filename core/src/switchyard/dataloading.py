@@ -67,7 +67,7 @@ def prepare_dataloader(
             "switchyard cannot split between processes. Pass use_distributed_sampler=False"
         )
     assert sampler_kwargs is not None
-    distributed = DistributedSampler(
+    distributed: DistributedSampler[Any] = DistributedSampler(
         loader.dataset,
         shuffle=isinstance(sampler, RandomSampler),
         drop_last=loader.drop_last,

@@ -29,6 +29,13 @@ class EntryError(ValueError):
     """An entry returned by a plugin is malformed (bad name, bad factory string...)."""
 
 
+def _as_tuple(value: Any) -> tuple[Any, ...]:
+    # aliases="bf16" (a forgotten comma in ("bf16",)) means one name, not four letters
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
 @dataclass(frozen=True)
 class Entry:
     """Fields shared by every kind of entry.
@@ -64,10 +71,17 @@ class Entry:
     aliases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise EntryError(
+                f"{type(self).__name__} name must be a string, got {type(self.name).__name__}: "
+                f"{self.name!r}"
+            )
         # normalise once here so every consumer compares the same spelling
-        object.__setattr__(self, "name", normalize_name(str(self.name)))
-        object.__setattr__(self, "aliases", tuple(normalize_name(str(a)) for a in self.aliases))
-        object.__setattr__(self, "requires", tuple(self.requires))
+        object.__setattr__(self, "name", normalize_name(self.name))
+        object.__setattr__(
+            self, "aliases", tuple(normalize_name(str(a)) for a in _as_tuple(self.aliases))
+        )
+        object.__setattr__(self, "requires", _as_tuple(self.requires))
         object.__setattr__(self, "init_args", MappingProxyType(dict(self.init_args)))
         for name in (self.name, *self.aliases):
             if not _NAME_PATTERN.match(name):
@@ -164,7 +178,7 @@ class StrategyEntry(Entry):
         for attr in ("accelerators", "precisions"):
             value = getattr(self, attr)
             if value is not None:
-                object.__setattr__(self, attr, tuple(normalize_name(v) for v in value))
+                object.__setattr__(self, attr, tuple(normalize_name(v) for v in _as_tuple(value)))
 
 
 @dataclass(frozen=True)
@@ -190,7 +204,7 @@ class PrecisionEntry(Entry):
         super().__post_init__()
         if self.accelerators is not None:
             object.__setattr__(
-                self, "accelerators", tuple(normalize_name(v) for v in self.accelerators)
+                self, "accelerators", tuple(normalize_name(v) for v in _as_tuple(self.accelerators))
             )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 
 
@@ -58,6 +59,13 @@ class ClusterEnvironment(ABC):
     @abstractmethod
     def node_rank(self) -> int:
         """The index of this process's node, ``0 <= node_rank < num_nodes``."""
+
+    def local_world_size(self) -> int | None:
+        """How many processes run on this node when :attr:`creates_processes_externally` (so
+        ``devices="auto"`` can follow the launcher); ``None`` if unknown. Default: the
+        ``LOCAL_WORLD_SIZE`` variable torchrun exports, if set."""
+        value = os.environ.get("LOCAL_WORLD_SIZE")
+        return int(value) if value else None
 
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:
         """Raise :class:`~switchyard.SelectionError` if the user's ``devices``/``num_nodes``

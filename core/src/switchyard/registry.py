@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -91,6 +92,12 @@ class Registration:
     @property
     def name(self) -> str:
         return self.entry.name
+
+
+def _key(name: str) -> str:
+    """The form plugin and distribution names are matched in, as pip compares distribution
+    names (PEP 503): ``Acme_Accel``, ``acme.accel`` and ``acme-accel`` are one name."""
+    return re.sub(r"[-_.]+", "-", normalize_name(name))
 
 
 def _split_env(name: str) -> list[str]:
@@ -178,6 +185,8 @@ class PluginRegistry:
             entry_points = importlib.metadata.entry_points(group=hookspecs.PROJECT_NAME)
         seen: set[tuple[str, str]] = set()
         found: set[str] = set()
+        blocked = {_key(b) for b in self.blocked}
+        allowed_keys = {_key(a) for a in allowed}
         for ep in sorted(entry_points, key=lambda e: e.name):
             # one distribution visible twice on sys.path yields the same entry point twice
             if (ep.name, ep.value) in seen:
@@ -185,11 +194,11 @@ class PluginRegistry:
             seen.add((ep.name, ep.value))
             dist, version = _distribution_of(ep)
             info = PluginInfo(normalize_name(ep.name), "entry-point", dist, version, ep.value)
-            keys = {info.name, normalize_name(dist or "")}
+            keys = {_key(info.name), _key(dist or "")}
             found |= keys
-            if keys & self.blocked:
+            if keys & blocked:
                 continue
-            if allowed and not keys & set(allowed):
+            if allowed and not keys & allowed_keys:
                 continue
             try:
                 plugin = ep.load()
@@ -200,7 +209,7 @@ class PluginRegistry:
                 continue
             self._register(plugin, info)
         for name in allowed:
-            if name not in found:
+            if _key(name) not in found:
                 self.failures.append(
                     PluginFailure(
                         PluginInfo(name, "entry-point"),

@@ -5,7 +5,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import importlib
 import os
+import sys
+import types
+import warnings
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +102,7 @@ class Runtime:
                 environment = _only_once("environment", environment, plugin)
             else:
                 hook_plugins.append(plugin)
+        self._hook_plugins = hook_plugins
         self.registry: PluginRegistry = (
             PluginRegistry(hook_plugins) if hook_plugins else default_registry()
         )
@@ -206,7 +211,29 @@ class Runtime:
     def _setup_process(self) -> None:
         self.strategy.setup_environment()
         atexit.register(self.teardown)
+        if self.world_size > 1:
+            _name_rank_in_tracebacks(self.global_rank, self.local_rank, self.node_rank)
         self.registry.hook.switchyard_runtime_started(runtime=self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # for launch(fn) with spawn: pluggy's manager and plugin modules do not pickle, so
+        # modules travel by name and the registry is rebuilt in the new process
+        state = self.__dict__.copy()
+        state["registry"] = None
+        state["_hook_plugins"] = [
+            ("module", p.__name__) if isinstance(p, types.ModuleType) else p
+            for p in self._hook_plugins
+        ]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        plugins = [
+            importlib.import_module(p[1]) if isinstance(p, tuple) and p[:1] == ("module",) else p
+            for p in state.pop("_hook_plugins")
+        ]
+        self.__dict__.update(state)
+        self._hook_plugins = plugins
+        self.registry = PluginRegistry(plugins) if plugins else default_registry()
 
     def _ensure_launched(self) -> None:
         if self._launched:
@@ -227,7 +254,17 @@ class Runtime:
         self._torn_down = True
         atexit.unregister(self.teardown)
         try:
-            self.registry.hook.switchyard_runtime_teardown(runtime=self)
+            # each plugin on its own, last registered first: one failing must not stop the rest
+            for impl in reversed(self.registry.hook.switchyard_runtime_teardown.get_hookimpls()):
+                try:
+                    impl.function(runtime=self)
+                except Exception as error:
+                    warnings.warn(
+                        f"plugin {impl.plugin_name!r} failed in switchyard_runtime_teardown: "
+                        f"{type(error).__name__}: {error}",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
         finally:
             self.strategy.teardown()
 
@@ -251,13 +288,12 @@ class Runtime:
         _check_not_set_up(module)
         original = module
         module = self.precision.convert_module(module)
+        if move_to_device:
+            module = self.strategy.module_to_device(module)
         if optimizers:
             module, prepared = self.strategy.setup_module_and_optimizers(module, list(optimizers))
         else:
-            module, prepared = (
-                self.strategy.setup_module(module) if move_to_device else module,
-                [],
-            )
+            module, prepared = self.strategy.setup_module(module), []
         result = SetupResult(module=module, optimizers=prepared, original_module=original)
         self.registry.hook.switchyard_post_setup(runtime=self, setup=result)
         wrapped = RuntimeModule(result.module, self.precision, original)
@@ -380,8 +416,8 @@ class Runtime:
     def to_device(self, obj: T) -> T:
         """Move a module, tensor or nested structure of tensors to this process's device."""
         if isinstance(obj, nn.Module):
-            return obj.to(self.device)  # type: ignore[return-value]
-        return move_to_device(obj, self.device)  # type: ignore[no-any-return]
+            return obj.to(self.device)
+        return move_to_device(obj, self.device)
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         """``print`` on global rank zero only."""
@@ -412,6 +448,17 @@ class Runtime:
     def barrier(self, name: str | None = None) -> None:
         """Wait until every process reaches this point."""
         self.strategy.barrier(name)
+
+    @contextlib.contextmanager
+    def rank_zero_first(self, local: bool = False) -> Generator[None, None, None]:
+        """Run the block on rank zero first, then on the other processes: for downloading or
+        preprocessing data once. ``local=True`` uses each node's local rank zero instead."""
+        first = (self.local_rank if local else self.global_rank) == 0
+        if not first:
+            self.barrier("rank_zero_first")
+        yield
+        if first:
+            self.barrier("rank_zero_first")
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -454,6 +501,23 @@ def _run_in_process(runtime: Runtime, function: Callable[..., T], *args: Any, **
         return function(runtime, *args, **kwargs)
     finally:
         runtime.teardown()
+
+
+def _name_rank_in_tracebacks(global_rank: int, local_rank: int, node_rank: int) -> None:
+    """Make an uncaught exception say which process raised it: with several processes writing
+    to one terminal, a bare traceback does not tell."""
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if not issubclass(kind, KeyboardInterrupt):
+            print(
+                f"switchyard: rank {global_rank} (local rank {local_rank}, node {node_rank}) "
+                f"failed with {kind.__name__}: {value}",
+                file=sys.stderr,
+            )
+        previous(kind, value, tb)
+
+    sys.excepthook = hook
 
 
 def _only_once(name: str, current: Any, plugin: Any) -> Any:

@@ -38,15 +38,22 @@ def seed_everything(seed: int | None = None, workers: bool = False) -> int:
 
 
 def worker_init_function(worker_id: int, rank: int | None = None) -> None:
-    """``worker_init_fn`` for data loaders: a seed distinct per (global seed, rank, worker).
+    """``worker_init_fn`` for data loaders: a seed distinct per (global seed, rank, worker,
+    epoch).
 
-    The three numbers are mixed through torch's generator, so neighbouring ranks and workers
-    get unrelated seeds rather than consecutive ones.
+    In a worker, ``torch.initial_seed()`` is the loader's base seed for this epoch (drawn from
+    the seeded generator each time the loader is iterated) plus the worker id; mixing it in keeps
+    random augmentations different from one epoch to the next, as PyTorch's own worker seeding
+    does, while the rank makes processes that share the global seed differ. The numbers are
+    mixed through torch's generator, so neighbouring ranks and workers get unrelated seeds
+    rather than consecutive ones.
     """
     global_seed = int(os.environ.get(ENV_SEED, 0))
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    base_seed = torch.initial_seed()
     generator = torch.Generator().manual_seed(
-        (global_seed * 1_000_003 + rank * 10_007 + worker_id) % (2**63 - 1)
+        (base_seed * 1_000_003**2 + global_seed * 1_000_003 + rank * 10_007 + worker_id)
+        % (2**63 - 1)
     )
     seed = int(torch.randint(0, _MAX_SEED, (1,), generator=generator).item())
     random.seed(seed)

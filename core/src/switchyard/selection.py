@@ -87,6 +87,15 @@ def select(
     environment = argument("environment", environment)
     nodes = _parse_num_nodes(argument("num_nodes", num_nodes))
 
+    env, environment_name = _select_environment(registry, environment)
+    if env.creates_processes_externally:
+        # under torchrun, srun or mpirun the launcher already decided how many processes run
+        # per node; "auto" follows it instead of contradicting it
+        local_size = env.local_world_size()
+        if devices == "auto" and local_size is not None:
+            devices = local_size
+        if num_nodes is None and not os.environ.get(f"{ENV_PREFIX}NUM_NODES") and local_size:
+            nodes = max(env.world_size() // local_size, 1)
     accel, accel_name = _select_accelerator(registry, accelerator)
     indices = tuple(type(accel).parse_devices(devices))
     world_size = len(indices) * nodes
@@ -105,7 +114,6 @@ def select(
         registry, strategy, accel_name, precision_name, world_size, nodes, len(indices)
     )
     _check_precision(precision_reg, precision_name, prec, accel, accel_name)
-    env, environment_name = _select_environment(registry, environment)
     env.validate_settings(num_devices=len(indices), num_nodes=nodes)
 
     strat.bind(
@@ -146,7 +154,8 @@ def _parse_num_nodes(value: int | str) -> int:
         nodes = int(value)
     except (TypeError, ValueError):
         raise SelectionError(f"num_nodes={value!r} must be a positive integer") from None
-    if nodes < 1 or isinstance(value, bool):
+    if nodes < 1 or isinstance(value, bool) or not isinstance(value, (int, str)):
+        # int(1.5) is 1: a float is refused rather than silently truncated
         raise SelectionError(f"num_nodes={value!r} must be a positive integer")
     return nodes
 
@@ -166,6 +175,14 @@ def _lookup(registry: PluginRegistry, kind: EntryKind, name: str) -> Registratio
     return registration
 
 
+_PLURAL = {
+    "accelerator": "accelerators",
+    "strategy": "strategies",
+    "precision": "precisions",
+    "environment": "environments",
+}
+
+
 def _unknown_message(registry: PluginRegistry, kind: EntryKind, name: str) -> str:
     known = registry.names(kind)
     every_name = sorted({n for r in registry.registrations(kind) for n in r.entry.names})
@@ -173,7 +190,7 @@ def _unknown_message(registry: PluginRegistry, kind: EntryKind, name: str) -> st
     close = difflib.get_close_matches(name, every_name, n=3, cutoff=0.6)
     if close:
         message += f" Did you mean {' or '.join(repr(c) for c in close)}?"
-    message += f" Installed {kind}s: {', '.join(known) or 'none'}."
+    message += f" Installed {_PLURAL[kind]}: {', '.join(known) or 'none'}."
     plugin = first_party.plugin_for(kind, name)
     if plugin is not None:
         message += (
@@ -323,10 +340,22 @@ def _select_strategy(
             f"{precision!r}: {', '.join(alternatives) or 'none installed'}."
         )
     if distributed and not entry.distributed:
+        fitting = sorted(
+            r.entry.name
+            for r in registry.registrations("strategy")
+            if isinstance(r.entry, StrategyEntry)
+            and r.entry.distributed
+            and _strategy_supports(r.entry, accelerator, precision) is None
+        )
+        use = (
+            f"Use a distributed strategy ({', '.join(fitting)})"
+            if fitting
+            else f"No distributed strategy is installed: {first_party.install_command('ddp')}"
+        )
         raise SelectionError(
             f"strategy {entry.name!r} runs one process on one device, but devices and num_nodes "
-            f"ask for {world_size} processes ({num_devices} per node x {num_nodes} nodes). Use a "
-            "distributed strategy such as 'ddp', or devices=1."
+            f"ask for {world_size} processes ({num_devices} per node x {num_nodes} nodes). "
+            f"{use}, or pass devices=1."
         )
     return registration.entry.create(), entry.name
 

@@ -123,10 +123,13 @@ class Strategy(ABC):
         return module, [self.setup_optimizer(optimizer) for optimizer in optimizers]
 
     def setup_module(self, module: nn.Module) -> nn.Module:
-        """Move a module to the device and wrap it for this strategy."""
-        return self.module_to_device(module)
+        """Wrap a module for this strategy (DDP, sharding). The runtime has already moved it to
+        :attr:`root_device` with :meth:`module_to_device`, unless the user passed
+        ``move_to_device=False``."""
+        return module
 
     def module_to_device(self, module: nn.Module) -> nn.Module:
+        """Move a module to this process's device, before :meth:`setup_module`."""
         return module.to(self.root_device)
 
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:

@@ -50,6 +50,7 @@ class RuntimeModule(nn.Module):
         self._wraps_forward = precision.wraps_forward
         # not registered as a submodule: it is already inside _forward_module
         self.__dict__["_original_module"] = original_module
+        self.__dict__["_initialized"] = True
 
     @property
     def module(self) -> nn.Module:
@@ -82,6 +83,19 @@ class RuntimeModule(nn.Module):
                 raise
             return getattr(original, name)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # after setup, attributes the wrapper does not have are the user's module's: setting
+        # model.temperature must change what the user's forward reads, not shadow it here
+        if not self.__dict__.get("_initialized", False):
+            super().__setattr__(name, value)
+            return
+        original = self.__dict__["_original_module"]
+        ours = name in dir(self)
+        if hasattr(original, name) or not ours:
+            setattr(original, name, value)
+        if ours:
+            super().__setattr__(name, value)
+
 
 class RuntimeOptimizer:
     """The user's optimizer, stepping through the strategy (and so the precision's scaler).
@@ -92,11 +106,12 @@ class RuntimeOptimizer:
 
     def __init__(self, optimizer: Optimizer, strategy: Strategy) -> None:
         # share the optimizer's state objects rather than copy them; 'step' and 'state_dict'
-        # must resolve to ours
+        # must resolve to ours. 'param_groups' and 'state' are properties reading the user's
+        # optimizer: its load_state_dict replaces both objects, and a copy would go stale
         self.__dict__ = {
             k: v
             for k, v in optimizer.__dict__.items()
-            if k not in ("state_dict", "step", "__del__")
+            if k not in ("state_dict", "step", "__del__", "param_groups", "state")
         }
         self.__class__ = type(
             f"Runtime{type(optimizer).__name__}", (RuntimeOptimizer, type(optimizer)), {}
@@ -108,6 +123,22 @@ class RuntimeOptimizer:
     def optimizer(self) -> Optimizer:
         """The optimizer the user passed to ``setup``."""
         return self._optimizer
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self._optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self._optimizer.param_groups = value
+
+    @property
+    def state(self) -> Any:
+        return self._optimizer.state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self._optimizer.state = value
 
     def step(self, closure: Any = None) -> Any:
         kwargs = {} if closure is None else {"closure": closure}

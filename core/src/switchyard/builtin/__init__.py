@@ -68,11 +68,48 @@ def switchyard_precisions() -> Iterator[PrecisionEntry]:
     )
 
 
+_ENVIRONMENTS = "switchyard.builtin.environments"
+
+
 @hookimpl
 def switchyard_environments() -> Iterator[EnvironmentEntry]:
+    # Among detected environments the highest priority wins; the innermost launcher must win
+    # (torchrun inside srun, mpirun inside an allocation). The table and its reasons are in
+    # switchyard.builtin.environments.
+    yield EnvironmentEntry(
+        name="torchelastic",
+        factory=f"{_ENVIRONMENTS}:TorchElasticEnvironment",
+        description="Processes started by torchrun (torch.distributed.elastic)",
+        priority=100,
+        aliases=("torchrun",),
+    )
+    yield EnvironmentEntry(
+        name="lsf",
+        factory=f"{_ENVIRONMENTS}:LSFEnvironment",
+        description="IBM Spectrum LSF jobs started with jsrun",
+        priority=80,
+    )
+    yield EnvironmentEntry(
+        name="mpi",
+        factory=f"{_ENVIRONMENTS}:MPIEnvironment",
+        description="Processes started by mpirun (Open MPI, MPICH, Intel MPI)",
+        priority=70,
+    )
+    yield EnvironmentEntry(
+        name="slurm",
+        factory=f"{_ENVIRONMENTS}:SLURMEnvironment",
+        description="Slurm jobs started with srun, one task per device",
+        priority=60,
+    )
+    yield EnvironmentEntry(
+        name="kubeflow",
+        factory=f"{_ENVIRONMENTS}:KubeflowEnvironment",
+        description="Kubeflow PyTorchJob pods, one node each; switchyard starts the processes",
+        priority=20,
+    )
     yield EnvironmentEntry(
         name="local",
-        factory="switchyard.builtin.environments:LocalEnvironment",
+        factory=f"{_ENVIRONMENTS}:LocalEnvironment",
         description="This machine; switchyard starts the processes",
         priority=0,
     )

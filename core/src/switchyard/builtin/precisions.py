@@ -111,15 +111,27 @@ class MixedPrecision(Precision):
         self.name = "16-mixed" if self.compute_dtype == torch.float16 else "bf16-mixed"
         self._scaler_arg = scaler
         self.scaler: torch.amp.GradScaler | None = None
+        # scaler state loaded before bind() created the scaler (a checkpoint restored before
+        # setup); applied when it is created instead of being dropped
+        self._pending_state: dict[str, Any] | None = None
 
     def bind(self, device: torch.device) -> None:
         super().bind(device)
         if isinstance(self._scaler_arg, torch.amp.GradScaler):
             self.scaler = self._scaler_arg
-        elif self._scaler_arg is True or (
-            self._scaler_arg is None and self.compute_dtype == torch.float16
-        ):
+        elif self._uses_scaler():
             self.scaler = torch.amp.GradScaler(device.type)
+        if self.scaler is not None and self._pending_state:
+            self.scaler.load_state_dict(self._pending_state)
+        self._pending_state = None
+
+    def _uses_scaler(self) -> bool:
+        arg = self._scaler_arg
+        return (
+            isinstance(arg, torch.amp.GradScaler)
+            or arg is True
+            or (arg is None and self.compute_dtype == torch.float16)
+        )
 
     @property
     def wraps_forward(self) -> bool:
@@ -148,8 +160,14 @@ class MixedPrecision(Precision):
             self.scaler.unscale_(optimizer)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.scaler.state_dict() if self.scaler is not None else {}
+        if self.scaler is not None:
+            return self.scaler.state_dict()
+        return dict(self._pending_state or {})
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if self.scaler is not None and state_dict:
+        if not state_dict:
+            return
+        if self.scaler is not None:
             self.scaler.load_state_dict(state_dict)
+        elif self._uses_scaler():
+            self._pending_state = dict(state_dict)

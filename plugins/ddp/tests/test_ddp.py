@@ -1,0 +1,276 @@
+"""DDP for real: two processes on the CPU talking over gloo, started every supported way."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+SCRIPTS = Path(__file__).parent / "scripts"
+PARITY = SCRIPTS / "parity.py"
+TIMEOUT = 120
+
+pytestmark = pytest.mark.distributed
+
+
+def clean_env() -> dict[str, str]:
+    """The test's environment without variables that would make a child think it is already
+    part of a distributed job."""
+    drop = ("SWITCHYARD_", "TORCHELASTIC_", "SLURM_", "OMPI_", "PMI_")
+    names = {
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "NODE_RANK",
+        "GROUP_RANK",
+        "LOCAL_WORLD_SIZE",
+    }
+    return {k: v for k, v in os.environ.items() if k not in names and not k.startswith(drop)}
+
+
+def run(args: list[str], timeout: float = TIMEOUT, **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, env=clean_env(), **kwargs
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def reference(steps: int = 20) -> tuple[list[float], list[torch.Tensor], list[torch.Tensor]]:
+    """The same training in this one process on the whole batch."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from parity import make_problem  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    model, x, y = make_problem()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    losses, after_first = [], None
+    for step in range(steps):
+        loss = nn.functional.mse_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if step == 0:
+            after_first = [p.detach().clone() for p in model.parameters()]
+    return losses, after_first, [p.detach().clone() for p in model.parameters()]
+
+
+def check_matches_single_process(result_path: Path) -> dict:
+    result = torch.load(result_path, weights_only=True)
+    assert result["world_size"] == 2
+    assert result["strategy"] == "ddp"
+    losses, after_first, final = reference()
+    # one step on half-batches with averaged gradients equals one step on the whole batch
+    for got, want in zip(result["after_first"], after_first, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # over 20 steps the loss curves agree (each rank's half-batch loss averaged = whole batch)
+    assert result["losses"] == pytest.approx(losses, rel=1e-4, abs=1e-6)
+    for got, want in zip(result["final"], final, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert losses[-1] < losses[0]
+    return result
+
+
+def test_switchyard_run_two_devices_matches_single_process(tmp_path):
+    out = tmp_path / "result.pt"
+    proc = run([sys.executable, "-m", "switchyard", "run", "--devices", "2", str(PARITY), str(out)])
+    assert proc.returncode == 0, proc.stderr
+    check_matches_single_process(out)
+
+
+def test_torchrun_launch_is_picked_up_without_changes(tmp_path):
+    out = tmp_path / "result.pt"
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(PARITY),
+            str(out),
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = check_matches_single_process(out)
+    assert result["environment"] != "local" or "TORCHELASTIC_RUN_ID" not in os.environ
+
+
+def test_plain_python_relaunches_the_script(tmp_path):
+    out = tmp_path / "result.pt"
+    args = json.dumps({"accelerator": "cpu", "strategy": "ddp", "devices": 2})
+    proc = run([sys.executable, str(PARITY), str(out), "--runtime-args", args])
+    assert proc.returncode == 0, proc.stderr
+    check_matches_single_process(out)
+
+
+def test_two_nodes_on_localhost_form_one_job(tmp_path):
+    out = tmp_path / "result.pt"
+    port = str(free_port())
+    common = [
+        sys.executable,
+        "-m",
+        "switchyard",
+        "run",
+        "--devices",
+        "1",
+        "--num-nodes",
+        "2",
+        "--main-address",
+        "127.0.0.1",
+        "--main-port",
+        port,
+    ]
+    env = clean_env()
+    logs = [tmp_path / f"node{rank}.log" for rank in (0, 1)]
+    nodes = []
+    for rank, log in zip((0, 1), logs, strict=True):
+        with log.open("w") as handle:
+            nodes.append(
+                subprocess.Popen(
+                    [*common, "--node-rank", str(rank), str(PARITY), str(out)],
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    env=env,
+                )
+            )
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        for node in nodes:
+            node.wait(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+                node.wait()
+    reports = [log.read_text() for log in logs]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(reports)
+    check_matches_single_process(out)
+
+
+def test_a_failing_rank_ends_the_job_quickly_and_is_named(tmp_path):
+    out = tmp_path / "result.pt"
+    start = time.monotonic()
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "switchyard",
+            "run",
+            "--devices",
+            "2",
+            str(PARITY),
+            str(out),
+            "--fail-at-step",
+            "3",
+            "--fail-rank",
+            "1",
+        ],
+        timeout=90,
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0
+    assert elapsed < 60, f"the job took {elapsed:.0f}s to end"
+    assert "deliberate failure at step 3" in proc.stderr
+    assert "rank 1" in proc.stderr
+    assert not out.exists()
+
+
+def test_busy_main_port_is_a_clear_error(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = run(
+            [
+                sys.executable,
+                "-m",
+                "switchyard",
+                "run",
+                "--devices",
+                "2",
+                "--main-port",
+                str(port),
+                str(PARITY),
+                str(tmp_path / "r.pt"),
+            ],
+            timeout=60,
+        )
+    assert proc.returncode != 0
+    assert f"main port {port}" in proc.stderr
+    assert "already in use" in proc.stderr
+
+
+def test_process_count_mismatch_is_a_clear_error(tmp_path):
+    args = json.dumps({"devices": 3})
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(PARITY),
+            str(tmp_path / "r.pt"),
+            "--runtime-args",
+            args,
+        ]
+    )
+    assert proc.returncode != 0
+    # said before any process group forms, by the environment check or the strategy's own
+    assert (
+        "torchrun started 2 process(es)" in proc.stderr and "devices=3" in proc.stderr
+    ) or "2 processes were started, but the runtime expects 3" in proc.stderr
+
+
+def test_spawned_processes_collectives_sampler_no_sync_and_checkpoint(tmp_path):
+    out = tmp_path / "seen.pt"
+    proc = run([sys.executable, str(SCRIPTS / "collectives.py"), str(out)])
+    assert proc.returncode == 0, proc.stderr
+    assert "launch returned {'returned_by': 0}" in proc.stdout
+    # print() runs on rank zero only
+    assert proc.stdout.count("printed by rank") == 1
+    assert "printed by rank 0" in proc.stdout
+    seen = torch.load(out, weights_only=False)
+    assert seen["world_size"] == 2
+    torch.testing.assert_close(seen["sum"], torch.tensor([3.0, 30.0]))
+    torch.testing.assert_close(seen["mean"], torch.tensor([1.5, 15.0]))
+    torch.testing.assert_close(seen["max"], torch.tensor([2.0, 20.0]))
+    torch.testing.assert_close(seen["min"], torch.tensor([1.0, 10.0]))
+    # gather keeps the structure, stacks in rank order
+    torch.testing.assert_close(seen["nested"]["a"], torch.tensor([[0, 0], [1, 1]]))
+    torch.testing.assert_close(seen["nested"]["b"][0], torch.tensor([0.0, 2.0]))
+    assert seen["broadcast"] == {"from": 1, "list": [1, 1, 1]}
+    # each rank saw a different half of the data, together all of it, in a new order each epoch
+    items = seen["epoch_items"]  # [rank, epoch, item]
+    assert seen["sampler_is_distributed"]
+    for epoch in range(2):
+        together = torch.cat([items[0, epoch], items[1, epoch]]).sort().values
+        torch.testing.assert_close(together, torch.arange(20.0))
+    assert not torch.equal(items[0, 0], items[0, 1])
+    # inside no_backward_sync each rank keeps its own gradient; outside they are averaged
+    unsynced, synced = seen["grad_unsynced"], seen["grad_synced"]
+    assert not torch.equal(unsynced[0], unsynced[1])
+    torch.testing.assert_close(synced[0], synced[1])
+    torch.testing.assert_close(synced[0], (unsynced[0] + unsynced[1]) / 2)
+    torch.testing.assert_close(seen["loaded_step"], torch.tensor([7, 7]))
+    assert (tmp_path / "seen.pt.ckpt").is_file()
