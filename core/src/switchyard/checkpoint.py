@@ -38,7 +38,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
     return path
 
 
@@ -70,8 +70,9 @@ def load_file(path: str | Path, weights_only: bool = True) -> dict[str, Any]:
     return loaded
 
 
-def _fsync_directory(directory: Path) -> None:
-    # make the rename itself durable; not possible on every platform (Windows)
+def fsync_directory(directory: Path) -> None:
+    """Flush a directory entry to disk, so that a rename inside it survives a crash (a no-op
+    where directories cannot be opened, as on Windows)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

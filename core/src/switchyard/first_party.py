@@ -17,7 +17,7 @@ _PROVIDES: dict[str, dict[EntryKind, tuple[str, ...]]] = {
     "xla": {"accelerator": ("xla", "tpu"), "strategy": ("xla", "xla_fsdp", "xla_single")},
     "xpu": {"accelerator": ("xpu",)},
     "ddp": {"strategy": ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")},
-    "fsdp": {"strategy": ("fsdp", "fsdp_cpu_offload")},
+    "fsdp": {"strategy": ("fsdp", "fsdp_spawn", "fsdp_cpu_offload")},
     "deepspeed": {
         "strategy": (
             "deepspeed",
