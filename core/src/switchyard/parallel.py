@@ -80,6 +80,8 @@ class ParallelStrategy(Strategy):
 
     @property
     def launcher(self) -> Launcher | None:
+        if self.num_processes * self.num_nodes == 1:
+            return None  # a job of one process runs right here, with a process group of one
         if self._launcher is None:
             from switchyard.launchers import MultiprocessingLauncher, TorchrunLauncher
 

@@ -274,3 +274,96 @@ def test_spawned_processes_collectives_sampler_no_sync_and_checkpoint(tmp_path):
     torch.testing.assert_close(synced[0], (unsynced[0] + unsynced[1]) / 2)
     torch.testing.assert_close(seen["loaded_step"], torch.tensor([7, 7]))
     assert (tmp_path / "seen.pt.ckpt").is_file()
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_signal_to_the_launcher_ends_every_worker(tmp_path, signal_name):
+    import signal as signals
+
+    marker = tmp_path / "pid"
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "switchyard",
+            "run",
+            "--devices",
+            "2",
+            str(SCRIPTS / "wait_forever.py"),
+            str(marker),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        pids_files = [Path(f"{marker}.{rank}") for rank in (0, 1)]
+        while not all(p.exists() and p.read_text() for p in pids_files):
+            assert launcher.poll() is None, launcher.stderr.read()
+            assert time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.2)
+        workers = [int(p.read_text()) for p in pids_files]
+        launcher.send_signal(getattr(signals, signal_name))
+        launcher.wait(timeout=60)
+        assert launcher.returncode != 0
+        deadline = time.monotonic() + 30
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            alive = [pid for pid in alive if _running(pid)]
+            time.sleep(0.2)
+        assert not alive, f"workers {alive} outlived the launcher"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie has exited; only its parent has not collected it yet
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_ddp_options_reach_distributed_data_parallel(monkeypatch):
+    """One process: DDP runs in place with a process group of one, no launcher."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from switchyard import Runtime
+    from switchyard_ddp import DDPStrategy
+
+    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    strategy = DDPStrategy(
+        find_unused_parameters=True, bucket_cap_mb=1, gradient_as_bucket_view=True
+    )
+    runtime = Runtime(accelerator="cpu", strategy=strategy, devices=1)
+    assert strategy.launcher is None
+    runtime.launch()
+    try:
+        model = runtime.setup(nn.Linear(2, 2))
+        wrapped = model._forward_module
+        assert isinstance(wrapped, DistributedDataParallel)
+        assert wrapped.find_unused_parameters is True
+        assert wrapped.gradient_as_bucket_view is True
+        assert wrapped.bucket_bytes_cap == 1024 * 1024
+        assert torch.distributed.get_backend() == "gloo"
+    finally:
+        runtime.teardown()
+    assert not torch.distributed.is_initialized()
+
+
+def test_unknown_start_method_is_refused():
+    from switchyard import SelectionError
+    from switchyard_ddp import DDPStrategy
+
+    with pytest.raises(SelectionError, match="start_method='thread'"):
+        DDPStrategy(start_method="thread")  # type: ignore[arg-type]
