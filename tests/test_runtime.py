@@ -623,3 +623,32 @@ def test_launch_with_a_function_runs_it_between_start_and_teardown():
     assert [name for name, _ in plugin.calls] == ["started", "main", "teardown"]
     with pytest.raises(RuntimeError, match="already called"):
         runtime.launch()
+
+
+def test_reduce_op_names_are_case_insensitive_and_checked():
+    runtime = cpu_runtime()
+    runtime.launch()
+    assert runtime.all_reduce(torch.tensor(2.0), op="MEAN").item() == 2.0
+    with pytest.raises(ValueError, match=r"op='avg' is not one of sum, mean, max, min, product"):
+        runtime.all_reduce(torch.tensor(2.0), op="avg")
+
+
+class TeardownWithoutArguments:
+    """pluggy lets an implementation declare fewer parameters than the hook spec."""
+
+    def __init__(self) -> None:
+        self.called = False
+
+    @hookimpl
+    def switchyard_runtime_teardown(self) -> None:
+        self.called = True
+
+
+def test_teardown_hook_may_omit_the_runtime_parameter():
+    plugin = TeardownWithoutArguments()
+    runtime = cpu_runtime(plugins=[plugin])
+    runtime.launch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runtime.teardown()
+    assert plugin.called

@@ -164,8 +164,9 @@ class ParallelStrategy(Strategy):
     # -- collectives ----------------------------------------------------------------------
 
     def all_reduce(self, tensor: torch.Tensor, op: ReduceOp = "mean") -> torch.Tensor:
+        op = op.lower()
         try:
-            reduce_op = _REDUCE_OPS[op.lower()]
+            reduce_op = _REDUCE_OPS[op]
         except KeyError:
             raise ValueError(
                 f"all_reduce op={op!r} is not one of {', '.join(_REDUCE_OPS)}"

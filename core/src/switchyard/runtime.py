@@ -27,7 +27,7 @@ from switchyard.environment import ClusterEnvironment
 from switchyard.precision import Precision
 from switchyard.registry import PluginRegistry, default_registry
 from switchyard.selection import Plan, select
-from switchyard.strategy import ReduceOp, Strategy
+from switchyard.strategy import REDUCE_OPS, ReduceOp, Strategy
 from switchyard.wrappers import (
     RuntimeDataLoader,
     RuntimeModule,
@@ -257,7 +257,8 @@ class Runtime:
             # each plugin on its own, last registered first: one failing must not stop the rest
             for impl in reversed(self.registry.hook.switchyard_runtime_teardown.get_hookimpls()):
                 try:
-                    impl.function(runtime=self)
+                    # pluggy lets an implementation take fewer arguments than the spec
+                    impl.function(**dict.fromkeys(impl.argnames, self))
                 except Exception as error:
                     warnings.warn(
                         f"plugin {impl.plugin_name!r} failed in switchyard_runtime_teardown: "
@@ -350,11 +351,11 @@ class Runtime:
         and the strategy must know which one the loss belongs to."""
         module: nn.Module | None
         if isinstance(model, RuntimeModule):
-            module = model._forward_module
+            module = model._inner
         elif model is not None:
             module = model
         elif len(self._modules) == 1:
-            module = self._modules[0]._forward_module
+            module = self._modules[0]._inner
         else:
             module = None
         self.strategy.backward(tensor, module, *args, **kwargs)
@@ -433,8 +434,13 @@ class Runtime:
 
     def all_reduce(self, data: Any, op: ReduceOp = "mean") -> Any:
         """Reduce tensors (or numbers) in a nested structure across processes: ``"sum"``,
-        ``"mean"``, ``"max"``, ``"min"``."""
-        return tree_map(lambda x: self.strategy.all_reduce(_as_tensor(x, self.device), op=op), data)
+        ``"mean"``, ``"max"``, ``"min"`` or ``"product"``."""
+        normalized = op.lower() if isinstance(op, str) else op
+        if normalized not in REDUCE_OPS:
+            raise ValueError(f"all_reduce op={op!r} is not one of {', '.join(REDUCE_OPS)}")
+        return tree_map(
+            lambda x: self.strategy.all_reduce(_as_tensor(x, self.device), op=normalized), data
+        )
 
     def all_gather(self, data: Any) -> Any:
         """Gather tensors in a nested structure from every process, stacked along a new first

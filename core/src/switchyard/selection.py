@@ -167,10 +167,14 @@ def _lookup(registry: PluginRegistry, kind: EntryKind, name: str) -> Registratio
     missing = registration.entry.missing_requirements()
     if missing:
         plugin = first_party.plugin_for(kind, registration.entry.name)
-        hint = first_party.install_command(plugin) if plugin else f"pip install {' '.join(missing)}"
+        hint = (
+            f"install it: {first_party.install_command(plugin)}"
+            if plugin
+            else "install the package that provides it (the plugin's documentation names it)"
+        )
         raise SelectionError(
-            f"{kind} {name!r} (from plugin {registration.plugin.describe()}) needs "
-            f"{', '.join(missing)}, which is not installed. Install it: {hint}"
+            f"{kind} {name!r} (from plugin {registration.plugin.describe()}) needs the module "
+            f"{', '.join(missing)}, which cannot be imported here; {hint}"
         )
     return registration
 

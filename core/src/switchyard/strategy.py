@@ -24,6 +24,9 @@ T = TypeVar("T")
 ReduceOp = str
 """``"sum"``, ``"mean"``, ``"max"``, ``"min"`` or ``"product"``."""
 
+REDUCE_OPS: tuple[ReduceOp, ...] = ("sum", "mean", "max", "min", "product")
+"""The reductions every strategy's :meth:`Strategy.all_reduce` supports, spelled lower-case."""
+
 
 class Strategy(ABC):
     """Base class of strategies; holds the accelerator, precision and environment it runs with.

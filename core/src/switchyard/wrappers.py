@@ -50,6 +50,8 @@ class RuntimeModule(nn.Module):
         self._wraps_forward = precision.wraps_forward
         # not registered as a submodule: it is already inside _forward_module
         self.__dict__["_original_module"] = original_module
+        # a plain attribute, found without nn.Module.__getattr__'s search: read on every step
+        self.__dict__["_inner"] = forward_module
         self.__dict__["_initialized"] = True
 
     @property
@@ -59,11 +61,11 @@ class RuntimeModule(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if not self._wraps_forward:
-            return self._forward_module(*args, **kwargs)
+            return self._inner(*args, **kwargs)
         precision = self._precision
         args, kwargs = precision.convert_input((args, kwargs))
         with precision.forward_context():
-            output = self._forward_module(*args, **kwargs)
+            output = self._inner(*args, **kwargs)
         return precision.convert_output(output)
 
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
