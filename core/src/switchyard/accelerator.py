@@ -156,6 +156,18 @@ class Accelerator(ABC):
     def empty_cache(self) -> None:
         """Release cached, unused device memory back to the device. Default: nothing."""
 
+    def device_name(self, device: torch.device) -> str:
+        """The hardware's name, for reports (``"NVIDIA H100 80GB HBM3"``). Default: what the
+        device module's ``get_device_name`` says, where torch has one, else ``str(device)``."""
+        module = getattr(torch, device.type, None)
+        get_name = getattr(module, "get_device_name", None)
+        if callable(get_name):
+            try:
+                return str(get_name(device))
+            except Exception:  # a name is nice to have; never worth failing a report for
+                pass
+        return str(device)
+
     def teardown(self) -> None:
         """Release what :meth:`setup_device` acquired; the device must stay usable afterwards."""
 

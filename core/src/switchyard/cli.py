@@ -1,5 +1,7 @@
 """The ``switchyard`` command: ``plugins`` (what is installed and usable), ``env`` (a bug-report
-dump), ``run`` (launch a script on N devices and nodes). Sub-commands register themselves in :data:`COMMANDS`; none is a hard-coded device list."""
+dump), ``run`` (launch a script on N devices and nodes), ``conformance`` (run the conformance
+kit on a plugin's entries). Sub-commands register themselves in :data:`COMMANDS`; none is a
+hard-coded device list."""
 
 from __future__ import annotations
 
@@ -323,7 +325,66 @@ def _add_run(sub: Any) -> None:
     parser.set_defaults(func=cmd_run)
 
 
-COMMANDS: list[Callable[[Any], None]] = [_add_plugins, _add_env, _add_run]
+def cmd_conformance(args: argparse.Namespace) -> int:
+    try:
+        import pytest
+    except ImportError:
+        print(
+            "switchyard conformance: error: the conformance kit runs under pytest, which is not "
+            "installed: pip install pytest",
+            file=sys.stderr,
+        )
+        return 2
+    options = {
+        "--switchyard-accelerator": args.accelerator,
+        "--switchyard-strategy": args.strategy,
+        "--switchyard-devices": args.devices,
+        "--switchyard-report": args.report,
+        "--switchyard-timeout": args.timeout,
+    }
+    pytest_args = ["-p", "switchyard.testing"]
+    for option, value in options.items():
+        if value is not None:
+            pytest_args += [option, str(value)]
+    for precision in args.precision:
+        pytest_args += ["--switchyard-precision", precision]
+    extra = list(args.pytest_args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    return int(pytest.main([*pytest_args, *extra]))
+
+
+def _add_conformance(sub: Any) -> None:
+    parser = sub.add_parser(
+        "conformance",
+        help="check an accelerator, strategy or precision plugin with the conformance kit",
+        description=(
+            "Run switchyard's conformance kit (pytest -p switchyard.testing) on the named "
+            "entries and, with --report, write the JSON report. Arguments after -- go to pytest."
+        ),
+    )
+    parser.add_argument("--accelerator", help="the accelerator to check")
+    parser.add_argument("--strategy", help="the strategy to check on --devices processes")
+    parser.add_argument(
+        "--devices", help="processes for the strategy checks (default: 2 if distributed, else 1)"
+    )
+    parser.add_argument(
+        "--precision",
+        action="append",
+        default=[],
+        help="a precision to check (repeatable); default: those the accelerator claims",
+    )
+    parser.add_argument("--report", help="write the JSON conformance report to this file")
+    parser.add_argument(
+        "--timeout", type=float, help="seconds a strategy job may take (default 240)"
+    )
+    parser.add_argument(
+        "pytest_args", nargs=argparse.REMAINDER, metavar="...", help="arguments for pytest"
+    )
+    parser.set_defaults(func=cmd_conformance)
+
+
+COMMANDS: list[Callable[[Any], None]] = [_add_plugins, _add_env, _add_run, _add_conformance]
 """Functions that add one sub-command each to the parser."""
 
 

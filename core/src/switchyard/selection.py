@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,7 +162,7 @@ def _parse_num_nodes(value: int | str) -> int:
 def _lookup(registry: PluginRegistry, kind: EntryKind, name: str) -> Registration:
     registration = registry.get(kind, name)
     if registration is None:
-        raise SelectionError(_unknown_message(registry, kind, name))
+        raise SelectionError(unknown_message(registry, kind, name))
     missing = registration.entry.missing_requirements()
     if missing:
         plugin = first_party.plugin_for(kind, registration.entry.name)
@@ -187,7 +186,9 @@ _PLURAL = {
 }
 
 
-def _unknown_message(registry: PluginRegistry, kind: EntryKind, name: str) -> str:
+def unknown_message(registry: PluginRegistry, kind: EntryKind, name: str) -> str:
+    """The error text for a name nobody registered: suggestions, what is installed, the install
+    command of a first-party plugin, and plugins that failed to load."""
     known = registry.names(kind)
     every_name = sorted({n for r in registry.registrations(kind) for n in r.entry.names})
     message = f"unknown {kind} {name!r}."
@@ -277,7 +278,9 @@ def _auto_accelerator(registry: PluginRegistry) -> tuple[Accelerator, str]:
     return registration.entry.create(), name
 
 
-def _strategy_supports(entry: StrategyEntry, accelerator: str, precision: str) -> str | None:
+def strategy_supports(entry: StrategyEntry, accelerator: str, precision: str) -> str | None:
+    """``None`` if the strategy entry declares support for this accelerator and precision,
+    otherwise a sentence saying what it does support."""
     if entry.accelerators is not None and accelerator not in entry.accelerators:
         return (
             f"strategy {entry.name!r} supports accelerators {', '.join(entry.accelerators)}, "
@@ -314,7 +317,7 @@ def _select_strategy(
             for r in registry.registrations("strategy")
             if isinstance(r.entry, StrategyEntry)
             and r.entry.distributed == distributed
-            and _strategy_supports(r.entry, accelerator, precision) is None
+            and strategy_supports(r.entry, accelerator, precision) is None
             and not r.entry.missing_requirements()
         ]
         if not candidates:
@@ -330,13 +333,13 @@ def _select_strategy(
     registration = _lookup(registry, "strategy", name)
     entry = registration.entry
     assert isinstance(entry, StrategyEntry)
-    problem = _strategy_supports(entry, accelerator, precision)
+    problem = strategy_supports(entry, accelerator, precision)
     if problem is not None:
         alternatives = [
             r.entry.name
             for r in registry.registrations("strategy")
             if isinstance(r.entry, StrategyEntry)
-            and _strategy_supports(r.entry, accelerator, precision) is None
+            and strategy_supports(r.entry, accelerator, precision) is None
             and r.entry.distributed == entry.distributed
         ]
         raise SelectionError(
@@ -349,7 +352,7 @@ def _select_strategy(
             for r in registry.registrations("strategy")
             if isinstance(r.entry, StrategyEntry)
             and r.entry.distributed
-            and _strategy_supports(r.entry, accelerator, precision) is None
+            and strategy_supports(r.entry, accelerator, precision) is None
         )
         use = (
             f"Use a distributed strategy ({', '.join(fitting)})"
@@ -405,8 +408,3 @@ def _select_environment(
         if detected:
             return registration.entry.create(), registration.entry.name
     raise SelectionError("no cluster environment detected, and the built-in 'local' is missing")
-
-
-def available_names(registry: PluginRegistry, kind: EntryKind) -> Sequence[str]:
-    """The names of ``kind`` that are installed (for ``--help`` texts and the CLI)."""
-    return registry.names(kind)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -73,3 +74,15 @@ class CPUAccelerator(Accelerator):
             return {}
         # ru_maxrss is KiB on Linux
         return {"peak_allocated": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+    def device_name(self, device: torch.device) -> str:
+        # the model name the kernel reports (Linux), else what platform knows
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+                for line in cpuinfo:
+                    key, _, value = line.partition(":")
+                    if key.strip() == "model name" and value.strip():
+                        return value.strip()
+        except OSError:
+            pass
+        return platform.processor() or platform.machine() or "cpu"

@@ -1,0 +1,143 @@
+"""Starting the kit's child processes: a clean environment, the parent's import path, a timeout
+that ends the whole process tree (torchrun's workers included), and output kept for messages."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# variables that would make a child believe it already belongs to a distributed job, or that
+# carry a previous choice of accelerator/strategy; the registry switches (SWITCHYARD_PLUGINS,
+# SWITCHYARD_BLOCK_PLUGINS, SWITCHYARD_DISABLE_PLUGIN_AUTOLOAD) are kept, so that children
+# discover exactly the plugins the kit's own process sees
+_DROP_PREFIXES = ("TORCHELASTIC_", "SLURM_", "OMPI_", "PMI_", "LSB_")
+_DROP = frozenset(
+    {
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "NODE_RANK",
+        "GROUP_RANK",
+        "LOCAL_WORLD_SIZE",
+    }
+)
+_KEEP_SWITCHYARD = frozenset(
+    {"SWITCHYARD_PLUGINS", "SWITCHYARD_BLOCK_PLUGINS", "SWITCHYARD_DISABLE_PLUGIN_AUTOLOAD"}
+)
+
+
+@functools.cache
+def _default_path(pythonpath: str) -> tuple[str, ...]:
+    """``sys.path`` of a fresh interpreter started with ``PYTHONPATH=pythonpath``."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    out = subprocess.run(
+        [sys.executable, "-c", "import json, sys; print(json.dumps(sys.path))"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    return tuple(json.loads(out.stdout))
+
+
+def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a kit child: no distributed-job variables, and a
+    ``PYTHONPATH`` that lets the child import whatever this process can (plugins a test put on
+    ``sys.path`` included)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _DROP
+        and not k.startswith(_DROP_PREFIXES)
+        and (not k.startswith("SWITCHYARD_") or k in _KEEP_SWITCHYARD)
+    }
+    pythonpath = env.get("PYTHONPATH", "")
+    known = set(_default_path(pythonpath))
+    missing = [p for p in dict.fromkeys(sys.path) if p and p not in known and os.path.isdir(p)]
+    if missing:
+        env["PYTHONPATH"] = os.pathsep.join([*missing, *([pythonpath] if pythonpath else [])])
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A child process that ended, or was ended after ``timeout`` seconds."""
+
+    command: tuple[str, ...]
+    returncode: int | None
+    """``None`` when the child was killed at the timeout."""
+    output: str
+    duration: float
+    timeout: float
+
+    @property
+    def timed_out(self) -> bool:
+        return self.returncode is None
+
+    def tail(self, lines: int = 40) -> str:
+        """The last lines of its combined stdout and stderr."""
+        return "\n".join(self.output.rstrip().splitlines()[-lines:]) or "(no output)"
+
+    def describe(self) -> str:
+        """``"exited with code 1 after 3.2 s"`` or ``"did not finish within 240 s"``."""
+        if self.timed_out:
+            return f"did not finish within {self.timeout:.0f} s and was killed"
+        return f"exited with code {self.returncode} after {self.duration:.1f} s"
+
+
+def run(
+    command: Sequence[str],
+    *,
+    timeout: float,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Finished:
+    """Run ``command`` in its own process group with its output written to ``log``; at the
+    timeout the whole group is killed, so no grandchild (a torchrun worker stuck in a
+    collective) outlives the kit."""
+    start = time.monotonic()
+    with log.open("w", encoding="utf-8", errors="replace") as handle:
+        proc = subprocess.Popen(
+            list(command),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else child_environment(),
+            cwd=cwd,
+            start_new_session=os.name == "posix",
+        )
+        try:
+            returncode: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            returncode = None
+        finally:
+            _end_group(proc)
+    output = log.read_text(encoding="utf-8", errors="replace")
+    return Finished(tuple(command), returncode, output, time.monotonic() - start, timeout)
+
+
+def _end_group(proc: subprocess.Popen[bytes]) -> None:
+    if os.name == "posix":
+        # the leader may have exited while its workers still run; the group outlives it
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
