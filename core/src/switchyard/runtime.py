@@ -117,6 +117,7 @@ class Runtime:
         )
         self._launched = False
         self._torn_down = False
+        self._failed = False
         self._modules: list[RuntimeModule] = []
 
     # -- what was chosen ------------------------------------------------------------------
@@ -205,6 +206,9 @@ class Runtime:
             return None
         try:
             return function(self, *args, **kwargs)
+        except BaseException:
+            self._failed = True
+            raise
         finally:
             self.teardown()
 
@@ -212,7 +216,7 @@ class Runtime:
         self.strategy.setup_environment()
         atexit.register(self.teardown)
         if self.world_size > 1:
-            _name_rank_in_tracebacks(self.global_rank, self.local_rank, self.node_rank)
+            _name_rank_in_tracebacks(self)
         self.registry.hook.switchyard_runtime_started(runtime=self)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -253,6 +257,10 @@ class Runtime:
             return
         self._torn_down = True
         atexit.unregister(self.teardown)
+        if not self._failed and self.world_size > 1:
+            # every process reaches the end before any tears its process group down, so no
+            # process's exit races the last messages of a peer (gloo aborts or hangs then)
+            self.strategy.barrier("teardown")
         try:
             # each plugin on its own, last registered first: one failing must not stop the rest
             for impl in reversed(self.registry.hook.switchyard_runtime_teardown.get_hookimpls()):
@@ -505,19 +513,25 @@ def _run_in_process(runtime: Runtime, function: Callable[..., T], *args: Any, **
     runtime._setup_process()
     try:
         return function(runtime, *args, **kwargs)
+    except BaseException:
+        runtime._failed = True
+        raise
     finally:
         runtime.teardown()
 
 
-def _name_rank_in_tracebacks(global_rank: int, local_rank: int, node_rank: int) -> None:
-    """Make an uncaught exception say which process raised it: with several processes writing
-    to one terminal, a bare traceback does not tell."""
+def _name_rank_in_tracebacks(runtime: Runtime) -> None:
+    """Make an uncaught exception say which process raised it (with several processes writing
+    to one terminal, a bare traceback does not tell), and mark the runtime as failed so that its
+    teardown at exit does not wait for the other processes."""
     previous = sys.excepthook
+    ranks = (runtime.global_rank, runtime.local_rank, runtime.node_rank)
 
     def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        runtime._failed = True
         if not issubclass(kind, KeyboardInterrupt):
             print(
-                f"switchyard: rank {global_rank} (local rank {local_rank}, node {node_rank}) "
+                f"switchyard: rank {ranks[0]} (local rank {ranks[1]}, node {ranks[2]}) "
                 f"failed with {kind.__name__}: {value}",
                 file=sys.stderr,
             )

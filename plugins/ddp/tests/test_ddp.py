@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +36,23 @@ def clean_env() -> dict[str, str]:
         "GROUP_RANK",
         "LOCAL_WORLD_SIZE",
     }
-    return {k: v for k, v in os.environ.items() if k not in names and not k.startswith(drop)}
+    env = {k: v for k, v in os.environ.items() if k not in names and not k.startswith(drop)}
+    env["PYTHONFAULTHANDLER"] = "1"  # a hung or aborted process leaves its stacks in the output
+    return env
+
+
+def _signal_tree(pid: int, sig: int) -> None:
+    """Send ``sig`` to ``pid``'s descendants, deepest first, then to ``pid``."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        children = []
+    for child in children:
+        _signal_tree(int(child), sig)
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def run(args: list[str], timeout: float = TIMEOUT, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -153,16 +170,24 @@ def test_two_nodes_on_localhost_form_one_job(tmp_path):
                 )
             )
     deadline = time.monotonic() + TIMEOUT
+    timed_out = False
     try:
         for node in nodes:
             node.wait(timeout=max(deadline - time.monotonic(), 1))
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        # every Python process below dumps its stacks (PYTHONFAULTHANDLER) into the logs
+        for node in nodes:
+            _signal_tree(node.pid, signal.SIGABRT)
+        time.sleep(2)
     finally:
         for node in nodes:
             if node.poll() is None:
                 node.kill()
                 node.wait()
-    reports = [log.read_text() for log in logs]
-    assert [node.returncode for node in nodes] == [0, 0], "\n".join(reports)
+    reports = "\n".join(f"--- node {rank} ---\n{log.read_text()}" for rank, log in enumerate(logs))
+    assert not timed_out, f"the 2-node job did not finish in {TIMEOUT}s:\n{reports}"
+    assert [node.returncode for node in nodes] == [0, 0], reports
     check_matches_single_process(out)
 
 
