@@ -12,33 +12,41 @@ switchyard
     ``runtime.setup_dataloaders(loader)``, ``runtime.backward(loss)``.
 
 Both are started the same way, with ``python -m torch.distributed.run --standalone
---nproc-per-node 2`` (torchrun), and with ``OMP_NUM_THREADS=1`` in every process, so the only
+--nproc-per-node 2`` (torchrun), with ``OMP_NUM_THREADS=1`` in every process, so the only
 difference is switchyard. ``--switchyard-run`` adds a third program: the switchyard job started
-with ``python -m switchyard run --devices 2`` instead.
+with ``python -m switchyard run --devices 2``.
 
-Inside each job, after ``--warmup-steps`` steps, the ranks meet at a barrier, run ``--steps``
-steps and meet at a barrier again; the wall-clock time between the two barriers gives the
-throughput (global samples per second), and each rank's CPU time over the same span
-(``time.process_time``, all threads of the process) is recorded too, as it is less disturbed by
-other programs on the machine. Rank 0 writes the figures as JSON, with a digest of the final
-parameters: every job runs the same steps from the same seed, so every job must end with
-bit-identical parameters, raw or switchyard, or the driver stops (the two programs would not be
-doing the same work).
+Inside each job, after ``--warmup-steps`` steps, the ranks run ``--blocks`` blocks of
+``--block-steps`` steps, each block between two barriers. The wall-clock time from the first
+barrier to the last gives the job's throughput (global samples per second); the median block
+and each rank's CPU time per step (``time.process_time``, all threads of the process) are
+recorded too. Rank 0 writes the figures as JSON with a SHA-256 of every rank's final parameters:
+every job runs the same steps from the same seed, so all must end bit-identical, raw or
+switchyard, or the driver stops (the programs would not be doing the same work). The job order
+alternates from round to round (raw first in even rounds).
 
-The job order alternates from round to round (raw first in even rounds, switchyard first in odd
-ones). Reported: each round's figures with the load average when it started, the median and
-spread of each program's throughput over the rounds, the ratio of the medians
-(switchyard / raw; target at least 0.98) and the median of the per-round ratios. This is a
+Jobs in separate processes differ by more than switchyard: each start lands on a machine in
+another state. So one more job, the *paired job*, runs both loops side by side in the same two
+processes (the raw one on the process group that ``runtime.launch()`` created), alternating
+short blocks (``--paired-pairs`` pairs of ``--paired-block-steps`` steps, raw first in even
+pairs), as ``step_overhead.py`` does for one process. ``--paired-pairs 0`` skips it.
+
+Reported for both: the median of the paired ratios (switchyard / raw throughput per round, or
+per block pair) with a distribution-free confidence interval for that median, which says
+whether the run resolves the target (at least 0.98), and the ratios of the medians. On two
+shared cores a 2-process step varies by tens of percent from one block to the next even on an
+idle machine, so the interval, not the median alone, says what a run shows. This is a
 measurement, not a test: nothing here fails on a slow result.
 
     .venv/bin/python benchmarks/ddp_throughput.py
-    .venv/bin/python benchmarks/ddp_throughput.py --rounds 10 --switchyard-run --json runs/ddp.json
+    .venv/bin/python benchmarks/ddp_throughput.py --rounds 16 --switchyard-run --paired-pairs 800 --json runs/ddp_throughput_long.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -48,7 +56,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +83,9 @@ class Workload:
     batch: int = 64
     samples: int = 8192
     warmup_steps: int = 50
-    steps: int = 800
+    blocks: int = 12
+    """Timed blocks per job (per loop in the paired job), each between two barriers."""
+    block_steps: int = 50
     lr: float = 1e-3
     seed: int = 0
 
@@ -124,109 +134,166 @@ def parameter_digest(model: nn.Module) -> str:
 
 def note(rank: int, message: str) -> None:
     """A progress line in the job's log, to tell where a failing job stopped."""
-    print(f"[{time.time():.3f}] rank {rank}: {message}", file=sys.stderr, flush=True)
+    sys.stderr.write(f"[{time.time():.3f}] rank {rank}: {message}\n")  # one write per line
+    sys.stderr.flush()
 
 
-def worker(kind: str, w: Workload, out: Path) -> None:
-    """Train for ``w.warmup_steps + w.steps`` steps; time the last ``w.steps`` between two
-    barriers. ``kind`` is ``raw`` or ``switchyard``; the loop is the same for both."""
-    import torch
-    import torch.distributed as dist
-    from torch import nn
-    from torch.utils.data import DataLoader
+class Loop:
+    """One training loop: ``run(steps)`` does ``steps`` optimizer steps on the next batches.
 
-    dataset = make_dataset(w)
-    loss_fn = nn.CrossEntropyLoss()
+    The step is the same for both programs; only ``model``, ``optimizer``, ``batches`` and
+    ``backward`` come from plain PyTorch or from switchyard."""
 
-    if kind == "raw":
-        from torch.nn.parallel import DistributedDataParallel
-        from torch.utils.data.distributed import DistributedSampler
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        optimizer: Any,
+        batches: Iterator[Any],
+        backward: Callable[[Any], None],
+        inner: nn.Module,
+    ) -> None:
+        from torch import nn
 
-        dist.init_process_group("gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        torch.manual_seed(w.seed)
-        inner = make_model(w)
-        model: nn.Module = DistributedDataParallel(inner)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=w.lr)
-        sampler: DistributedSampler[Any] = DistributedSampler(
-            dataset, num_replicas=world, rank=rank, shuffle=True, seed=0
+        self.name = name
+        self.model = model
+        self.optimizer = optimizer
+        self.batches = batches
+        self.backward = backward
+        self.inner = inner
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.loss = float("nan")
+
+    def run(self, steps: int) -> None:
+        model, optimizer, batches, backward, loss_fn = (
+            self.model,
+            self.optimizer,
+            self.batches,
+            self.backward,
+            self.loss_fn,
         )
-        loader = DataLoader(dataset, batch_size=w.batch, sampler=sampler)
-
-        def batches() -> Iterator[Any]:
-            epoch = 0
-            while True:
-                sampler.set_epoch(epoch)
-                yield from loader
-                epoch += 1
-
-        def raw_backward(loss: Any) -> None:
-            loss.backward()
-
-        def raw_barrier() -> None:
-            dist.barrier()
-
-        backward: Callable[[Any], None] = raw_backward
-        barrier: Callable[[], None] = raw_barrier
-        runtime = None
-    elif kind == "switchyard":
-        from switchyard import Runtime
-
-        runtime = Runtime(accelerator="cpu", strategy="ddp", devices=NPROC)
-        runtime.launch()
-        rank, world = runtime.global_rank, runtime.world_size
-        torch.manual_seed(w.seed)
-        inner = make_model(w)
-        optimizer = torch.optim.AdamW(inner.parameters(), lr=w.lr)
-        model, optimizer = runtime.setup(inner, optimizer)
-        loader = runtime.setup_dataloaders(DataLoader(dataset, batch_size=w.batch, shuffle=True))
-
-        def batches() -> Iterator[Any]:
-            while True:  # the set-up loader advances the sampler's epoch itself
-                yield from loader
-
-        backward = runtime.backward
-        barrier = runtime.barrier
-    else:
-        raise ValueError(f"unknown worker kind {kind!r}")
-
-    if world != NPROC:
-        raise SystemExit(f"expected {NPROC} processes, got {world}")
-    data = batches()
-    note(rank, "set up")
-
-    def run(steps: int) -> torch.Tensor:
-        loss = torch.zeros(())
+        loss: Any = None
         for _ in range(steps):
-            x, y = next(data)
+            x, y = next(batches)
             optimizer.zero_grad()
             loss = loss_fn(model(x), y)
             backward(loss)
             optimizer.step()
-        return loss
+        if loss is not None:
+            self.loss = loss.item()
 
-    run(w.warmup_steps)
-    barrier()
-    wall, cpu = time.perf_counter(), time.process_time()
-    loss = run(w.steps)
-    barrier()
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    note(rank, f"timed span done: {wall:.3f} s")
 
-    mine = {"rank": rank, "wall_s": wall, "cpu_s": cpu, "threads": torch.get_num_threads()}
+def raw_loop(w: Workload, dataset: Any, rank: int, world: int) -> Loop:
+    """Plain PyTorch DDP on the default process group, which must exist."""
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    torch.manual_seed(w.seed)
+    inner = make_model(w)
+    model = DistributedDataParallel(inner)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=w.lr)
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=True, seed=0
+    )
+    loader = DataLoader(dataset, batch_size=w.batch, sampler=sampler)
+
+    def batches() -> Iterator[Any]:
+        epoch = 0
+        while True:
+            sampler.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    def backward(loss: Any) -> None:
+        loss.backward()
+
+    return Loop("raw", model, optimizer, batches(), backward, inner)
+
+
+def switchyard_loop(w: Workload, dataset: Any, runtime: Any) -> Loop:
+    """The same training through a launched ``Runtime``."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(w.seed)
+    inner = make_model(w)
+    optimizer = torch.optim.AdamW(inner.parameters(), lr=w.lr)
+    model, optimizer = runtime.setup(inner, optimizer)
+    loader = runtime.setup_dataloaders(DataLoader(dataset, batch_size=w.batch, shuffle=True))
+
+    def batches() -> Iterator[Any]:
+        while True:  # the set-up loader advances its sampler's epoch on every new iteration
+            yield from loader
+
+    return Loop("switchyard", model, optimizer, batches(), runtime.backward, inner)
+
+
+def worker(kind: str, w: Workload, out: Path) -> None:
+    """Run one job's share of the training in this process and, on rank 0, write its figures.
+
+    ``raw`` and ``switchyard``: ``w.warmup_steps`` steps, then ``w.blocks`` blocks of
+    ``w.block_steps`` steps, each block between two barriers. ``paired``: both loops in this
+    one job (the raw one on the process group that ``runtime.launch()`` created), their blocks
+    alternating, raw first in even pairs."""
+    import torch
+    import torch.distributed as dist
+
+    dataset = make_dataset(w)
+    runtime: Any = None
+    if kind == "raw":
+        dist.init_process_group("gloo")
+    else:
+        from switchyard import Runtime
+
+        runtime = Runtime(accelerator="cpu", strategy="ddp", devices=NPROC)
+        runtime.launch()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if world != NPROC:
+        raise SystemExit(f"expected {NPROC} processes, got {world}")
+    loops: list[Loop] = []
+    if kind in ("raw", "paired"):
+        loops.append(raw_loop(w, dataset, rank, world))
+    if kind in ("switchyard", "paired"):
+        loops.append(switchyard_loop(w, dataset, runtime))
+    note(rank, f"set up: {', '.join(loop.name for loop in loops)}")
+
+    for loop in loops:
+        loop.run(w.warmup_steps)
+    blocks: list[dict[str, Any]] = []
+    dist.barrier()
+    span_wall, span_cpu = time.perf_counter(), time.process_time()
+    for number in range(w.blocks):
+        for loop in loops if number % 2 == 0 else loops[::-1]:
+            dist.barrier()
+            wall, cpu = time.perf_counter(), time.process_time()
+            loop.run(w.block_steps)
+            dist.barrier()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            blocks.append({"loop": loop.name, "pair": number, "wall_s": wall, "cpu_s": cpu})
+    span_wall, span_cpu = time.perf_counter() - span_wall, time.process_time() - span_cpu
+    note(rank, f"timed span done: {span_wall:.3f} s")
+
+    mine = {
+        "rank": rank,
+        "span_wall_s": span_wall,
+        "span_cpu_s": span_cpu,
+        "blocks": blocks,
+        "threads": torch.get_num_threads(),
+        "digests": {loop.name: parameter_digest(loop.inner) for loop in loops},
+    }
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, mine)
     if rank == 0:
         result = {
             "kind": kind,
             "world_size": world,
-            "steps": w.steps,
-            "wall_s": wall,
-            "samples_per_s": w.steps * w.batch * world / wall,
+            "global_batch": w.batch * world,
+            "block_steps": w.block_steps,
             "ranks": gathered,
-            "final_loss": loss.item(),
-            "digest": parameter_digest(inner),
-            "model_type": type(model).__name__,
+            "final_loss": {loop.name: loop.loss for loop in loops},
+            "model_type": {loop.name: type(loop.model).__name__ for loop in loops},
         }
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(result))
@@ -246,10 +313,12 @@ PROGRAMS = ("raw", "switchyard", "switchyard-run")
 
 
 def command(program: str, w: Workload, out: Path) -> list[str]:
+    """The command line of one job: ``program`` is one of :data:`PROGRAMS` or ``paired``."""
+    kind = "switchyard" if program == "switchyard-run" else program
     worker_args = [
         str(SCRIPT),
         "--worker",
-        "raw" if program == "raw" else "switchyard",
+        kind,
         "--out",
         str(out),
         "--workload",
@@ -302,16 +371,71 @@ def run_job(program: str, w: Workload, folder: Path, index: int, timeout: float)
             )
         except subprocess.TimeoutExpired:
             raise SystemExit(f"{program} job timed out after {timeout:.0f} s; log: {log}") from None
-    if proc.returncode != 0 or not out.exists():
-        kept = Path(tempfile.mkdtemp(prefix="switchyard-ddp-bench-failed-")) / log.name
-        shutil.copyfile(log, kept)
-        lines = log.read_text(errors="replace").splitlines()
-        progress = [line for line in lines if "] rank " in line]
-        raise SystemExit(
-            f"{program} job failed (exit code {proc.returncode}); whole log: {kept}\n"
-            "progress:\n" + "\n".join(progress) + "\nlast lines:\n" + "\n".join(lines[-25:])
+    if proc.returncode == 0 and out.exists():
+        return json.loads(out.read_text())  # type: ignore[no-any-return]
+    kept = Path(tempfile.mkdtemp(prefix="switchyard-ddp-bench-failed-")) / log.name
+    shutil.copyfile(log, kept)
+    if out.exists():
+        # rank 0 writes the figures after the last timed block and after gathering every rank's
+        # times, so they are complete: the job failed on its way out (seen as a SIGABRT at exit,
+        # "terminate called without an active exception"). Keep the figures, say so loudly.
+        print(
+            f"warning: the {program} job exited with code {proc.returncode} after writing its "
+            f"figures; they are kept. Log: {kept}",
+            file=sys.stderr,
+            flush=True,
         )
-    return json.loads(out.read_text())  # type: ignore[no-any-return]
+        job: dict[str, Any] = json.loads(out.read_text())
+        job["exit_code"] = proc.returncode
+        job["log"] = str(kept)
+        return job
+    lines = log.read_text(errors="replace").splitlines()
+    progress = [line for line in lines if "] rank " in line]
+    raise SystemExit(
+        f"{program} job failed (exit code {proc.returncode}); whole log: {kept}\n"
+        "progress:\n" + "\n".join(progress) + "\nlast lines:\n" + "\n".join(lines[-25:])
+    )
+
+
+@dataclass
+class LoopFigures:
+    """One loop's figures from one job."""
+
+    span_samples_per_s: float | None
+    """Global samples per second over the whole timed span (first to last barrier); ``None``
+    in the paired job, whose span holds both loops."""
+    block_samples_per_s: list[float]
+    """Global samples per second of each block, in order (rank 0's clock)."""
+    cpu_ms_per_step: float
+    """CPU time per step over the loop's blocks, mean of the ranks."""
+
+    @property
+    def block_median(self) -> float:
+        return statistics.median(self.block_samples_per_s)
+
+    @property
+    def span(self) -> float:
+        """:attr:`span_samples_per_s` of a one-loop job."""
+        if self.span_samples_per_s is None:
+            raise ValueError("the paired job has no per-loop span")
+        return self.span_samples_per_s
+
+
+def loop_figures(job: dict[str, Any], loop: str) -> LoopFigures:
+    ranks = job["ranks"]
+    per_block = job["global_batch"] * job["block_steps"]
+    rank0 = [b for b in ranks[0]["blocks"] if b["loop"] == loop]
+    cpu = statistics.fmean(
+        sum(b["cpu_s"] for b in r["blocks"] if b["loop"] == loop)
+        / (len(rank0) * job["block_steps"])
+        for r in ranks
+    )
+    one_loop = len({b["loop"] for b in ranks[0]["blocks"]}) == 1
+    return LoopFigures(
+        span_samples_per_s=len(rank0) * per_block / ranks[0]["span_wall_s"] if one_loop else None,
+        block_samples_per_s=[per_block / b["wall_s"] for b in rank0],
+        cpu_ms_per_step=cpu * 1e3,
+    )
 
 
 def _load() -> str:
@@ -346,25 +470,10 @@ def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
-@dataclass
-class Summary:
-    """One program's figures over the rounds."""
-
-    program: str
-    samples_per_s: list[float]
-    cpu_ms_per_step: list[float]
-    """Mean over the ranks of CPU time per step in the timed span."""
-
-    def line(self) -> tuple[str, ...]:
-        q1, q2, q3 = quartiles(self.samples_per_s)
-        c1, c2, c3 = quartiles(self.cpu_ms_per_step)
-        return (
-            self.program,
-            f"{q2:,.0f}",
-            f"[{q1:,.0f}-{q3:,.0f}]",
-            f"{min(self.samples_per_s):,.0f}-{max(self.samples_per_s):,.0f}",
-            f"{c2:.3f} [{c1:.3f}-{c3:.3f}]",
-        )
+def spread(values: Sequence[float], fmt: str = ",.0f") -> str:
+    """``median [q1-q3]``."""
+    q1, q2, q3 = quartiles(values)
+    return f"{q2:{fmt}} [{q1:{fmt}}-{q3:{fmt}}]"
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> str:
@@ -374,25 +483,83 @@ def format_table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("  " + line.rstrip() for line in lines)
 
 
+def median_interval(
+    values: Sequence[float], confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """A distribution-free confidence interval for the median: ``(low, high, coverage)``.
+
+    The interval runs from the k-th smallest to the k-th largest value, k as large as keeps the
+    coverage (from the binomial distribution) at least ``confidence``; with too few values for
+    that, it is the whole range and ``coverage`` says how much it holds."""
+    xs = sorted(values)
+    n = len(xs)
+
+    def coverage(k: int) -> float:  # P(x_(k) <= median <= x_(n+1-k))
+        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2.0**n
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= confidence:
+        k += 1
+    return xs[k - 1], xs[n - k], coverage(k)
+
+
+def verdict(values: Sequence[float]) -> tuple[str, dict[str, float]]:
+    """The median of paired throughput ratios against the target, with its interval."""
+    median = statistics.median(values)
+    low, high, cover = median_interval(values)
+    if low >= TARGET_RATIO:
+        words = "met, the whole interval above it"
+    elif median >= TARGET_RATIO:
+        words = "met by the median, but the interval reaches below it: not resolved at this noise"
+    elif high >= TARGET_RATIO:
+        words = "NOT met by the median, but the interval reaches above it: not resolved"
+    else:
+        words = "NOT met, the whole interval below it"
+    text = (
+        f"{median:.4f}, {cover * 100:.1f}% interval {low:.4f}-{high:.4f}; "
+        f"target >= {TARGET_RATIO}: {words}"
+    )
+    return text, {"median": median, "interval_low": low, "interval_high": high, "coverage": cover}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="2-process DDP throughput through switchyard vs raw PyTorch DDP."
     )
     parser.add_argument("--rounds", type=int, default=6, help="measured rounds (default 6)")
     parser.add_argument(
-        "--warmup-rounds", type=int, default=0, help="rounds run first and discarded"
+        "--warmup-rounds", type=int, default=0, help="rounds run first and discarded (default 0)"
     )
     parser.add_argument(
-        "--steps",
+        "--blocks",
         type=int,
-        default=Workload.steps,
-        help="timed steps per job (default %(default)s)",
+        default=Workload.blocks,
+        help="timed blocks per job, each between two barriers (default %(default)s)",
+    )
+    parser.add_argument(
+        "--block-steps",
+        type=int,
+        default=Workload.block_steps,
+        help="steps per block (default %(default)s)",
     )
     parser.add_argument(
         "--warmup-steps",
         type=int,
         default=Workload.warmup_steps,
-        help="untimed steps before them (default %(default)s)",
+        help="untimed steps before the blocks (default %(default)s)",
+    )
+    parser.add_argument(
+        "--paired-pairs",
+        type=int,
+        default=200,
+        help="block pairs of the paired job, which runs both loops in one job, their blocks "
+        "alternating (0 skips it; default %(default)s)",
+    )
+    parser.add_argument(
+        "--paired-block-steps",
+        type=int,
+        default=10,
+        help="steps per block in the paired job (default %(default)s)",
     )
     parser.add_argument("--hidden", type=int, default=Workload.hidden, help="MLP width")
     parser.add_argument("--batch", type=int, default=Workload.batch, help="rows per rank and step")
@@ -404,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per job")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     # worker mode: how the jobs run this file
-    parser.add_argument("--worker", choices=("raw", "switchyard"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("raw", "switchyard", "paired"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -413,10 +580,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker(args.worker, Workload(**json.loads(args.workload)), args.out)
         return 0
 
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+    if args.rounds < 1 or args.blocks < 1:
+        parser.error("--rounds and --blocks must be at least 1")
     w = Workload(
-        hidden=args.hidden, batch=args.batch, steps=args.steps, warmup_steps=args.warmup_steps
+        hidden=args.hidden,
+        batch=args.batch,
+        warmup_steps=args.warmup_steps,
+        blocks=args.blocks,
+        block_steps=args.block_steps,
     )
     programs = list(PROGRAMS if args.switchyard_run else PROGRAMS[:2])
     load_at_start = _load()
@@ -425,25 +596,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({os.cpu_count()} cores), load average {load_at_start}"
     )
     print(
-        f"{w.describe()}; {w.warmup_steps} warm-up + {w.steps} timed steps per job; "
-        f"{NPROC} processes, OMP_NUM_THREADS=1"
+        f"{w.describe()}; {NPROC} processes, OMP_NUM_THREADS=1\n"
+        f"per job: {w.warmup_steps} warm-up steps, then {w.blocks} blocks of {w.block_steps} "
+        "steps, each between two barriers"
     )
-    print(f"jobs: {', '.join(programs)}; {args.rounds} rounds after {args.warmup_rounds} warm-up")
     for program in programs:
-        print(f"  {program}: {' '.join(command(program, w, Path('OUT'))[1:6])} ...")
-    print()
+        shown = " ".join(command(program, w, Path("OUT"))[1:7])
+        print(f"  {program}: python {shown} ...")
+    print(
+        f"{args.rounds} rounds after {args.warmup_rounds} warm-up rounds, the job order "
+        "alternating\n"
+    )
 
     rounds: list[dict[str, Any]] = []
-    digests: dict[str, set[str]] = {p: set() for p in programs}
+    # final-parameter digests by job kind: every loop of a kind runs the same steps
+    digests: dict[str, set[str]] = {"separate jobs": set(), "paired job": set()}
     started = time.perf_counter()
-    header = ("round", "load", *(f"{p} samples/s" for p in programs), "switchyard/raw")
-    print("  ".join(header))
+    print(
+        "  ".join(("round", "load", *(f"{p} samples/s" for p in programs), "switchyard/raw")),
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="switchyard-ddp-bench-") as tmp:
         folder = Path(tmp)
         index = 0
         for number in range(args.warmup_rounds + args.rounds):
             order = programs if number % 2 == 0 else programs[::-1]
-            measured = number >= args.warmup_rounds
             record: dict[str, Any] = {
                 "round": number - args.warmup_rounds,
                 "order": order,
@@ -451,77 +628,167 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "jobs": {},
             }
             for program in order:
-                result = run_job(program, w, folder, index, args.timeout)
+                job = run_job(program, w, folder, index, args.timeout)
                 index += 1
-                result["load_1min_after"] = _load1()
-                record["jobs"][program] = result
-                digests[program].add(result["digest"])
-            ratio = (
-                record["jobs"]["switchyard"]["samples_per_s"]
-                / record["jobs"]["raw"]["samples_per_s"]
-            )
-            record["ratio"] = ratio
-            label = str(record["round"]) if measured else "warm-up"
-            cells = [f"{record['jobs'][p]['samples_per_s']:,.0f}" for p in programs]
+                job["load_1min_after"] = _load1()
+                record["jobs"][program] = job
+                digests["separate jobs"].update(
+                    d for r in job["ranks"] for d in r["digests"].values()
+                )
+            figures = {
+                p: loop_figures(record["jobs"][p], "raw" if p == "raw" else "switchyard")
+                for p in programs
+            }
+            record["figures"] = {p: asdict(f) for p, f in figures.items()}
+            ratio = figures["switchyard"].span / figures["raw"].span
+            measured = number >= args.warmup_rounds
+            cells = [f"{figures[p].span:,.0f}" for p in programs]
             print(
-                "  ".join((label, f"{record['load_1min']:.2f}", *cells, f"{ratio:.4f}")),
+                "  ".join(
+                    (
+                        str(record["round"]) if measured else "warm-up",
+                        f"{record['load_1min']:.2f}",
+                        *cells,
+                        f"{ratio:.4f}",
+                    )
+                ),
                 flush=True,
             )
             if measured:
                 rounds.append(record)
+
+        paired: dict[str, Any] | None = None
+        if args.paired_pairs > 0:
+            pw = replace(w, blocks=args.paired_pairs, block_steps=args.paired_block_steps)
+            load_paired = _load1()
+            paired = run_job("paired", pw, folder, index, args.timeout)
+            paired["load_1min"] = load_paired
+            paired["load_1min_after"] = _load1()
+            digests["paired job"].update(d for r in paired["ranks"] for d in r["digests"].values())
     elapsed = time.perf_counter() - started
 
-    all_digests = set().union(*digests.values())
-    if len(all_digests) != 1:
-        raise SystemExit(
-            f"the jobs ended with different parameters ({digests}); they did not do the same "
-            "work, so their times cannot be compared"
-        )
+    for jobs, found in digests.items():
+        if len(found) > 1:
+            raise SystemExit(
+                f"{jobs}: the loops ended with different parameters ({sorted(found)}); they did "
+                "not do the same work, so their times cannot be compared"
+            )
 
-    summaries = []
-    for program in programs:
-        jobs = [r["jobs"][program] for r in rounds]
-        summaries.append(
-            Summary(
-                program,
-                [j["samples_per_s"] for j in jobs],
-                [
-                    statistics.fmean(rank["cpu_s"] for rank in j["ranks"]) / j["steps"] * 1e3
-                    for j in jobs
-                ],
+    summary: dict[str, Any] = {"target_ratio": TARGET_RATIO}
+    per_program = {p: [LoopFigures(**r["figures"][p]) for r in rounds] for p in programs}
+    rows: list[tuple[str, ...]] = [
+        (
+            "program",
+            "span samples/s: median [IQR]",
+            "min-max",
+            "block median samples/s: median [IQR]",
+            "CPU ms/step per rank",
+        )
+    ]
+    for p in programs:
+        spans = [f.span for f in per_program[p]]
+        rows.append(
+            (
+                p,
+                spread(spans),
+                f"{min(spans):,.0f}-{max(spans):,.0f}",
+                spread([f.block_median for f in per_program[p]]),
+                spread([f.cpu_ms_per_step for f in per_program[p]], ".3f"),
             )
         )
-    print(f"\nover {args.rounds} rounds (global samples/s, wall clock between the barriers):")
     print(
-        format_table(
-            [
-                ("program", "median", "[IQR]", "min-max", "CPU ms/step per rank, median [IQR]"),
-                *(s.line() for s in summaries),
-            ]
+        f"\nseparate jobs, over {args.rounds} rounds (global samples/s; span: first to last "
+        "barrier; block median: the job's median block):"
+    )
+    print(format_table(rows))
+
+    def medians(p: str, attr: str) -> float:
+        return statistics.median(float(getattr(f, attr)) for f in per_program[p])
+
+    per_round = [
+        r["figures"]["switchyard"]["span_samples_per_s"] / r["figures"]["raw"]["span_samples_per_s"]
+        for r in rounds
+    ]
+    span_ratio = medians("switchyard", "span_samples_per_s") / medians("raw", "span_samples_per_s")
+    block_ratio = medians("switchyard", "block_median") / medians("raw", "block_median")
+    cpu_ratio = medians("raw", "cpu_ms_per_step") / medians("switchyard", "cpu_ms_per_step")
+    text, stats = verdict(per_round)
+    summary["separate_jobs"] = {
+        "per_round_ratio": stats,
+        "span_ratio_of_medians": span_ratio,
+        "block_median_ratio_of_medians": block_ratio,
+        "cpu_per_step_raw_over_switchyard": cpu_ratio,
+    }
+    print(f"\nswitchyard/raw throughput, separate jobs, median of the per-round ratios: {text}")
+    print(
+        f"  ratio of the medians: span {span_ratio:.4f}, block median {block_ratio:.4f}; "
+        f"CPU time per step raw/switchyard {cpu_ratio:.4f}"
+    )
+    if "switchyard-run" in programs:
+        run_ratio = medians("switchyard-run", "span_samples_per_s") / medians(
+            "raw", "span_samples_per_s"
         )
-    )
-    by_name = {s.program: s for s in summaries}
-    raw, sy = by_name["raw"], by_name["switchyard"]
-    ratio_of_medians = statistics.median(sy.samples_per_s) / statistics.median(raw.samples_per_s)
-    per_round = [r["ratio"] for r in rounds]
-    r1, r2, r3 = quartiles(per_round)
-    cpu_ratio = statistics.median(sy.cpu_ms_per_step) / statistics.median(raw.cpu_ms_per_step)
-    verdict = "met" if ratio_of_medians >= TARGET_RATIO else "NOT met"
-    print(
-        f"\nswitchyard/raw throughput: {ratio_of_medians:.4f} (ratio of medians; target >= "
-        f"{TARGET_RATIO}: {verdict})"
-    )
-    print(
-        f"  per-round ratios: median {r2:.4f} [IQR {r1:.4f}-{r3:.4f}], "
-        f"min-max {min(per_round):.4f}-{max(per_round):.4f}"
-    )
-    print(f"  CPU time per step, switchyard/raw (median): {cpu_ratio:.4f}")
-    if "switchyard-run" in by_name:
-        run_ratio = statistics.median(by_name["switchyard-run"].samples_per_s) / statistics.median(
-            raw.samples_per_s
+        summary["separate_jobs"]["switchyard_run_span_ratio_of_medians"] = run_ratio
+        print(
+            f"  switchyard started by 'switchyard run' / raw, ratio of the medians: {run_ratio:.4f}"
         )
-        print(f"  switchyard started by 'switchyard run', /raw (ratio of medians): {run_ratio:.4f}")
-    print(f"all jobs ended with identical parameters (sha256 {next(iter(all_digests))[:16]}...)")
+
+    if paired is not None:
+        raw_f, sy_f = loop_figures(paired, "raw"), loop_figures(paired, "switchyard")
+        pair_ratios = [
+            s / r for s, r in zip(sy_f.block_samples_per_s, raw_f.block_samples_per_s, strict=True)
+        ]
+        text, stats = verdict(pair_ratios)
+        paired_ratio = sy_f.block_median / raw_f.block_median
+        summary["paired_job"] = {
+            "per_pair_ratio": stats,
+            "per_pair_ratio_quartiles": quartiles(pair_ratios),
+            "ratio_of_block_medians": paired_ratio,
+            "cpu_per_step_raw_over_switchyard": raw_f.cpu_ms_per_step / sy_f.cpu_ms_per_step,
+            "raw": asdict(raw_f),
+            "switchyard": asdict(sy_f),
+        }
+        print(
+            f"\npaired job: both loops in one 2-process job (torchrun), {args.paired_pairs} "
+            f"pairs of {args.paired_block_steps}-step blocks alternating, load "
+            f"{paired['load_1min']:.2f}:"
+        )
+        print(
+            format_table(
+                [
+                    ("loop", "block samples/s: median [IQR]", "CPU ms/step per rank"),
+                    ("raw", spread(raw_f.block_samples_per_s), f"{raw_f.cpu_ms_per_step:.3f}"),
+                    (
+                        "switchyard",
+                        spread(sy_f.block_samples_per_s),
+                        f"{sy_f.cpu_ms_per_step:.3f}",
+                    ),
+                ]
+            )
+        )
+        print(f"switchyard/raw throughput, paired job, median of the per-pair ratios: {text}")
+        q1, _, q3 = quartiles(pair_ratios)
+        print(
+            f"  per-pair ratios IQR {q1:.4f}-{q3:.4f}; ratio of the block medians "
+            f"{paired_ratio:.4f}; CPU time per step raw/switchyard "
+            f"{raw_f.cpu_ms_per_step / sy_f.cpu_ms_per_step:.4f}"
+        )
+    failed_at_exit = [
+        j
+        for j in [*(j for r in rounds for j in r["jobs"].values()), *([paired] if paired else [])]
+        if j.get("exit_code")
+    ]
+    summary["jobs_failed_after_writing_figures"] = len(failed_at_exit)
+    if failed_at_exit:
+        print(
+            f"\n{len(failed_at_exit)} job(s) exited with an error after writing complete figures "
+            f"(exit codes {sorted({j['exit_code'] for j in failed_at_exit})}); logs: "
+            + ", ".join(j["log"] for j in failed_at_exit)
+        )
+    print(
+        "\nwithin the separate jobs, and within the paired job, every loop on every rank ended "
+        "with bit-identical parameters (SHA-256 of the parameter bytes)"
+    )
     load_at_end = _load()
     print(f"load average at the end: {load_at_end}; driver wall time {elapsed:.0f} s")
 
@@ -538,12 +805,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "load_average_at_end": load_at_end,
                     "workload": asdict(w),
                     "programs": programs,
-                    "target_ratio": TARGET_RATIO,
-                    "ratio_of_medians": ratio_of_medians,
-                    "per_round_ratio_quartiles": [r1, r2, r3],
-                    "cpu_ratio_of_medians": cpu_ratio,
-                    "summaries": [asdict(s) for s in summaries],
+                    "summary": summary,
                     "rounds": rounds,
+                    "paired_job": paired,
                 },
                 indent=2,
             )

@@ -11,9 +11,10 @@ torchrun
     plain PyTorch DDP script (``init_process_group("gloo")``, ``DistributedDataParallel``, a
     ``DataLoader`` with a ``DistributedSampler``, ``AdamW``): the baseline.
 torchrun+switchyard
-    the same torchrun command running the same training written with switchyard
-    (``Runtime(accelerator="cpu", strategy="ddp", devices=2)``): what switchyard costs inside
-    the workers (its import, discovery, selection and setup) when the launcher is torchrun's.
+    (only with ``--programs all`` or when named) the same torchrun command running the same
+    training written with switchyard (``Runtime(accelerator="cpu", strategy="ddp",
+    devices=2)``): what switchyard costs inside the workers (its import, discovery, selection
+    and setup) when the launcher is torchrun's.
 switchyard run
     ``python -m switchyard run --devices 2 this.py`` with the switchyard script.
 python script.py
@@ -31,12 +32,13 @@ Programs alternate, the order rotating from one repetition to the next, after wa
 repetitions that are discarded (they fill the file-system cache and, as in ``import_time.py``,
 a temporary bytecode cache: ``PYTHONPYCACHEPREFIX``, so that nothing is compiled from source in
 the measured runs even where ``PYTHONDONTWRITEBYTECODE`` is set; ``--no-bytecode-cache`` leaves
-the environment as it is). Reported: each program's median and spread, and the difference from
-torchrun in seconds and as a ratio, both of the medians and per repetition. This is a
-measurement, not a test: nothing here fails on a slow result.
+the environment as it is). Reported: each program's median and spread, the difference from
+torchrun in seconds and as a ratio of the medians, and the median of the per-repetition
+differences with a distribution-free confidence interval for it; then the median time to each
+phase. This is a measurement, not a test: nothing here fails on a slow result.
 
     .venv/bin/python benchmarks/launch_latency.py
-    .venv/bin/python benchmarks/launch_latency.py --repeats 10 --json runs/launch_latency.json
+    .venv/bin/python benchmarks/launch_latency.py --programs all --repeats 12 --json runs/launch_latency_all.json
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ SCRIPT_STARTED = time.time()  # as early as possible: the worker's script begins
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
@@ -62,7 +65,15 @@ from typing import Any  # noqa: E402
 NPROC = 2
 SCRIPT = Path(__file__).resolve()
 
-PHASES = ("process_started", "script_started", "imported", "group_ready", "set_up", "first_step")
+PHASES = (
+    "process_started",
+    "script_started",
+    "imported",
+    "group_ready",
+    "set_up",
+    "first_step",
+    "torn_down",
+)
 """What each worker records, in order (``time.time()``); ``first_step`` is after the first
 ``optimizer.step()`` and a barrier."""
 
@@ -80,9 +91,9 @@ def process_start_time() -> float | None:
         stat = Path("/proc/self/stat").read_text()
         # field 22 (starttime, clock ticks since boot) counts after the ")" closing the name
         ticks = int(stat.rsplit(")", 1)[1].split()[19])
-        for line in Path("/proc/stat").read_text().splitlines():
-            if line.startswith("btime "):
-                return int(line.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
+        # boot time from the uptime (10 ms resolution), not /proc/stat's btime (whole seconds)
+        booted = time.time() - float(Path("/proc/uptime").read_text().split()[0])
+        return booted + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         pass
     return None
@@ -154,13 +165,14 @@ def worker(kind: str, out: Path) -> None:
     dist.barrier()
     times["first_step"] = time.time()
 
-    tmp = out / f"rank{rank}.tmp"
-    tmp.write_text(json.dumps({"rank": rank, "world_size": world, "kind": kind, **times}))
-    tmp.replace(out / f"rank{rank}.json")
     if kind == "raw":
         dist.destroy_process_group()
     else:
         runtime.teardown()
+    times["torn_down"] = time.time()
+    tmp = out / f"rank{rank}.tmp"
+    tmp.write_text(json.dumps({"rank": rank, "world_size": world, "kind": kind, **times}))
+    tmp.replace(out / f"rank{rank}.json")
 
 
 # -- the driver -------------------------------------------------------------------------------
@@ -206,6 +218,8 @@ PROGRAMS = {
     )
 }
 BASELINE = "torchrun"
+DEFAULT_PROGRAMS = ("torchrun", "switchyard run", "python script.py")
+"""``torchrun+switchyard`` is left out by default to keep a default run under three minutes."""
 
 
 def child_environment(pycache: str | None) -> dict[str, str]:
@@ -232,9 +246,7 @@ def child_environment(pycache: str | None) -> dict[str, str]:
     return env
 
 
-def run_job(
-    program: Program, folder: Path, env: dict[str, str], timeout: float
-) -> dict[str, float | None]:
+def run_job(program: Program, folder: Path, env: dict[str, str], timeout: float) -> dict[str, Any]:
     """Run one job; seconds from just before ``Popen`` to each phase (latest rank) and to the
     command's exit."""
     out = folder / "ranks"
@@ -254,19 +266,31 @@ def run_job(
             raise SystemExit(f"{program.name}: no exit after {timeout:.0f} s; log: {log}") from None
         exited = time.time()
     ranks = [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
+    failed_on_exit: str | None = None
     if code != 0 or len(ranks) != NPROC:
         kept = Path(tempfile.mkdtemp(prefix="switchyard-launch-bench-failed-")) / log.name
         shutil.copyfile(log, kept)
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-        raise SystemExit(
-            f"{program.name} failed (exit code {code}, {len(ranks)} of {NPROC} ranks reported); "
-            f"whole log: {kept}\n{tail}"
+        if len(ranks) != NPROC:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+            raise SystemExit(
+                f"{program.name} failed (exit code {code}, {len(ranks)} of {NPROC} ranks "
+                f"reported); whole log: {kept}\n{tail}"
+            )
+        # every rank wrote its times after tearing down: the job failed on its way out
+        print(
+            f"warning: {program.name} exited with code {code} after every rank had torn down "
+            f"and reported; its times are kept (exit time included). Log: {kept}",
+            file=sys.stderr,
+            flush=True,
         )
-    result: dict[str, float | None] = {}
+        failed_on_exit = f"exit code {code}, log {kept}"
+    result: dict[str, Any] = {}
     for phase in PHASES:
         values = [r[phase] for r in ranks]
         result[phase] = None if None in values else max(values) - start
     result["exited"] = exited - start
+    if failed_on_exit is not None:
+        result["failed_on_exit"] = failed_on_exit
     return result
 
 
@@ -275,6 +299,26 @@ def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
         return values[0], values[0], values[0]
     q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
     return q1, q2, q3
+
+
+def median_interval(
+    values: Sequence[float], confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """A distribution-free confidence interval for the median: ``(low, high, coverage)``.
+
+    The interval runs from the k-th smallest to the k-th largest value, k as large as keeps the
+    coverage (from the binomial distribution) at least ``confidence``; with too few values for
+    that, it is the whole range and ``coverage`` says how much it holds."""
+    xs = sorted(values)
+    n = len(xs)
+
+    def coverage(k: int) -> float:  # P(x_(k) <= median <= x_(n+1-k))
+        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2.0**n
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= confidence:
+        k += 1
+    return xs[k - 1], xs[n - k], coverage(k)
 
 
 def _load() -> str:
@@ -313,12 +357,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Launch-to-first-step latency of 2-process DDP: switchyard vs torchrun."
     )
-    parser.add_argument("--repeats", type=int, default=5, help="measured runs of each program")
+    parser.add_argument(
+        "--repeats", type=int, default=6, help="measured runs of each program (default 6)"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="discarded runs of each program")
     parser.add_argument(
         "--programs",
-        default=",".join(PROGRAMS),
-        help=f"comma-separated, from: {', '.join(PROGRAMS)} (default: all)",
+        default=",".join(DEFAULT_PROGRAMS),
+        help=f"comma-separated, from: {', '.join(PROGRAMS)}, or 'all' (default: "
+        f"{', '.join(DEFAULT_PROGRAMS)}); torchrun is always included",
     )
     parser.add_argument(
         "--no-bytecode-cache",
@@ -337,7 +384,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker(args.worker, args.out)
         return 0
 
-    names = [n.strip() for n in args.programs.split(",") if n.strip()]
+    names = (
+        list(PROGRAMS)
+        if args.programs.strip() == "all"
+        else [n.strip() for n in args.programs.split(",") if n.strip()]
+    )
     unknown = [n for n in names if n not in PROGRAMS]
     if unknown:
         parser.error(f"unknown program(s) {unknown}; choose from {', '.join(PROGRAMS)}")
@@ -405,6 +456,7 @@ def measure(
             "- torchrun",
             "/ torchrun",
             "per run: - torchrun [IQR]",
+            "interval of that median",
         )
     ]
     summary: dict[str, Any] = {}
@@ -413,11 +465,13 @@ def measure(
         q1, q2, q3 = quartiles(firsts)
         paired = [r["jobs"][p.name]["first_step"] - r["jobs"][BASELINE]["first_step"] for r in runs]
         d1, d2, d3 = quartiles(paired)
+        low, high, cover = median_interval(paired)
         summary[p.name] = {
             "first_step_quartiles_s": [q1, q2, q3],
             "difference_of_medians_s": q2 - base,
             "ratio_of_medians": q2 / base,
             "paired_difference_quartiles_s": [d1, d2, d3],
+            "paired_difference_median_interval_s": [low, high, cover],
             "phases_median_s": {
                 phase: statistics.median(values(p.name, phase)) if values(p.name, phase) else None
                 for phase in (*PHASES, "exited")
@@ -431,6 +485,7 @@ def measure(
                 f"{q2 - base:+.3f} s",
                 f"{q2 / base:.3f}",
                 f"{d2:+.3f} [{d1:+.3f}..{d3:+.3f}]",
+                "-" if p.name == BASELINE else f"{low:+.3f}..{high:+.3f} ({cover * 100:.0f}%)",
             )
         )
     print(
@@ -450,6 +505,16 @@ def measure(
         "(process_started: /proc, 10 ms resolution; exited: the command's exit):"
     )
     print(format_table(phase_rows))
+    failed = [
+        f"{name} (run {r['run']}): {job['failed_on_exit']}"
+        for r in runs
+        for name, job in r["jobs"].items()
+        if "failed_on_exit" in job
+    ]
+    if failed:
+        print(f"\n{len(failed)} job(s) failed on their way out, after every rank had reported:")
+        for line in failed:
+            print(f"  {line}")
     load_at_end = _load()
     print(f"\nload average at the end: {load_at_end}; driver wall time {elapsed:.0f} s")
 

@@ -6,10 +6,12 @@ import atexit
 import contextlib
 import functools
 import importlib
+import logging
 import os
 import sys
 import types
 import warnings
+import weakref
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,7 +216,7 @@ class Runtime:
 
     def _setup_process(self) -> None:
         self.strategy.setup_environment()
-        atexit.register(self.teardown)
+        atexit.register(self._teardown_at_exit)
         if self.world_size > 1:
             _name_rank_in_tracebacks(self)
         self.registry.hook.switchyard_runtime_started(runtime=self)
@@ -256,7 +258,7 @@ class Runtime:
         if self._torn_down or not self._launched:
             return
         self._torn_down = True
-        atexit.unregister(self.teardown)
+        atexit.unregister(self._teardown_at_exit)
         if not self._failed and self.world_size > 1:
             # every process reaches the end before any tears its process group down, so no
             # process's exit races the last messages of a peer (gloo aborts or hangs then)
@@ -276,6 +278,18 @@ class Runtime:
                     )
         finally:
             self.strategy.teardown()
+
+    def _teardown_at_exit(self) -> None:
+        distributed = self.world_size > 1
+        self.teardown()
+        if distributed:
+            # gloo's threads can outlive destroy_process_group and abort the interpreter's own
+            # exit ("terminate called without an active exception", raw PyTorch included); once
+            # everything is torn down and flushed, end the process before that can happen
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1 if self._failed else 0)
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -526,9 +540,14 @@ def _name_rank_in_tracebacks(runtime: Runtime) -> None:
     teardown at exit does not wait for the other processes."""
     previous = sys.excepthook
     ranks = (runtime.global_rank, runtime.local_rank, runtime.node_rank)
+    # a weak reference: the hook outlives the run and must not keep the runtime (and through it
+    # the model and process group) alive
+    runtime_ref = weakref.ref(runtime)
 
     def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
-        runtime._failed = True
+        failed = runtime_ref()
+        if failed is not None:
+            failed._failed = True
         if not issubclass(kind, KeyboardInterrupt):
             print(
                 f"switchyard: rank {ranks[0]} (local rank {ranks[1]}, node {ranks[2]}) "
