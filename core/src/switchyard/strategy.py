@@ -28,6 +28,16 @@ REDUCE_OPS: tuple[ReduceOp, ...] = ("sum", "mean", "max", "min", "product")
 """The reductions every strategy's :meth:`Strategy.all_reduce` supports, spelled lower-case."""
 
 
+def filter_state(
+    key: str, value: Any, filter: Mapping[str, Callable[[str, Any], bool]] | None
+) -> Any:
+    """Keep the items of the state dict ``value`` that ``filter[key]`` accepts (``runtime.save``'s
+    ``filter`` argument); anything else is returned unchanged."""
+    if filter is not None and key in filter and isinstance(value, dict):
+        return {k: v for k, v in value.items() if filter[key](k, v)}
+    return value
+
+
 class Strategy(ABC):
     """Base class of strategies; holds the accelerator, precision and environment it runs with.
 
@@ -247,21 +257,27 @@ class Strategy(ABC):
         return self._restore(loaded, state, strict)
 
     def _to_savable(
-        self, state: Mapping[str, Any], filter: Mapping[str, Callable[[str, Any], bool]] | None
+        self,
+        state: Mapping[str, Any],
+        filter: Mapping[str, Callable[[str, Any], bool]] | None,
+        module_state: Callable[[nn.Module], dict[str, Any]] | None = None,
+        optimizer_state: Callable[[Optimizer], dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
+        """``state`` with modules, optimizers and stateful objects replaced by their state dicts
+        (through ``module_state``/``optimizer_state``, default this strategy's own), filtered."""
+        module_state = module_state or self.module_state_dict
+        optimizer_state = optimizer_state or self.optimizer_state_dict
         out: dict[str, Any] = {}
         for key, obj in state.items():
             if isinstance(obj, nn.Module):
-                value: Any = self.module_state_dict(obj)
+                value: Any = module_state(obj)
             elif isinstance(obj, Optimizer):
-                value = self.optimizer_state_dict(obj)
+                value = optimizer_state(obj)
             elif hasattr(obj, "state_dict") and callable(obj.state_dict):
                 value = obj.state_dict()
             else:
                 value = obj
-            if filter is not None and key in filter and isinstance(value, dict):
-                value = {k: v for k, v in value.items() if filter[key](k, v)}
-            out[key] = value
+            out[key] = filter_state(key, value, filter)
         return out
 
     def _restore(

@@ -42,6 +42,7 @@ from switchyard.environment import ClusterEnvironment
 from switchyard.errors import CheckpointError, SelectionError
 from switchyard.parallel import ParallelStrategy, StartMethod
 from switchyard.precision import Precision
+from switchyard.strategy import filter_state
 
 ModulePolicy = (
     type[nn.Module] | set[type[nn.Module]] | Sequence[type[nn.Module]] | Callable[[nn.Module], bool]
@@ -707,17 +708,12 @@ class FSDPStrategy(ParallelStrategy):
                 f"cannot save a full checkpoint to {str(path)!r}: it is a directory (a sharded "
                 "checkpoint?); pass a file path such as 'checkpoints/last.pt'"
             )
-        out: dict[str, Any] = {}
-        for key, obj in state.items():
-            if isinstance(obj, nn.Module):
-                value: Any = self.full_state_dict(obj)
-            elif isinstance(obj, Optimizer):
-                value = self._full_optimizer_state_dict(obj)
-            elif hasattr(obj, "state_dict") and callable(obj.state_dict):
-                value = obj.state_dict()
-            else:
-                value = obj
-            out[key] = _filtered(key, value, filter)
+        out = self._to_savable(
+            state,
+            filter,
+            module_state=self.full_state_dict,
+            optimizer_state=self._full_optimizer_state_dict,
+        )
         if self.is_global_zero:
             checkpoint.atomic_save(out, path)
         self.barrier("save_checkpoint")
@@ -732,13 +728,13 @@ class FSDPStrategy(ParallelStrategy):
         plain: dict[str, Any] = {}
         for key, obj in state.items():
             if isinstance(obj, nn.Module):
-                sharded[key] = _filtered(key, self.module_state_dict(obj), filter)
+                sharded[key] = filter_state(key, self.module_state_dict(obj), filter)
             elif isinstance(obj, Optimizer):
-                sharded[key] = _filtered(key, self.optimizer_state_dict(obj), filter)
+                sharded[key] = filter_state(key, self.optimizer_state_dict(obj), filter)
             elif hasattr(obj, "state_dict") and callable(obj.state_dict):
-                plain[key] = _filtered(key, obj.state_dict(), filter)
+                plain[key] = filter_state(key, obj.state_dict(), filter)
             else:
-                plain[key] = _filtered(key, obj, filter)
+                plain[key] = filter_state(key, obj, filter)
         if path.exists() and not path.is_dir():
             raise CheckpointError(
                 f"cannot save a sharded checkpoint to {str(path)!r}: it is a file; sharded "
@@ -953,12 +949,6 @@ def _names_to_index(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         groups.append({**group, "params": ids})
     state = {index[name]: value for name, value in state_dict["state"].items()}
     return {"state": state, "param_groups": groups}
-
-
-def _filtered(key: str, value: Any, filter: Mapping[str, Callable[[str, Any], bool]] | None) -> Any:
-    if filter is not None and key in filter and isinstance(value, dict):
-        return {k: v for k, v in value.items() if filter[key](k, v)}
-    return value
 
 
 def _replace_directory(temporary: Path, path: Path) -> None:
