@@ -337,26 +337,10 @@ def command(program: str, w: Workload, out: Path) -> list[str]:
     ]
 
 
-def child_environment() -> dict[str, str]:
-    """This environment without anything that would make a job think it is already part of a
-    distributed run, and with one torch thread per process."""
-    drop = ("SWITCHYARD_", "TORCHELASTIC_", "SLURM_", "OMPI_", "PMI_", "PMIX_", "LSB_")
-    names = {
-        "MASTER_ADDR",
-        "MASTER_PORT",
-        "RANK",
-        "WORLD_SIZE",
-        "LOCAL_RANK",
-        "NODE_RANK",
-        "GROUP_RANK",
-        "LOCAL_WORLD_SIZE",
-    }
-    env = {k: v for k, v in os.environ.items() if k not in names and not k.startswith(drop)}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
 def run_job(program: str, w: Workload, folder: Path, index: int, timeout: float) -> dict[str, Any]:
+    # here, not at the top: this file is also the raw job's worker, which must not import it
+    from switchyard.testing.subprocesses import child_environment
+
     out = folder / f"{index:03d}-{program}.json"
     log = folder / f"{index:03d}-{program}.log"
     with log.open("w") as handle:
@@ -365,7 +349,10 @@ def run_job(program: str, w: Workload, folder: Path, index: int, timeout: float)
                 command(program, w, out),
                 stdout=handle,
                 stderr=subprocess.STDOUT,
-                env=child_environment(),
+                # no distributed-job or SWITCHYARD_* variables, one torch thread per process
+                env=child_environment(
+                    {"OMP_NUM_THREADS": "1"}, import_path=False, plugin_switches=False
+                ),
                 timeout=timeout,
                 check=False,
             )

@@ -77,18 +77,6 @@ print(json.dumps({
 """
 
 
-def child_environment(pycache: str | None) -> dict[str, str]:
-    """The children's environment. With ``pycache``, bytecode is written to and read from that
-    folder (``PYTHONPYCACHEPREFIX``) even where ``PYTHONDONTWRITEBYTECODE`` is set, so that
-    after the warm-up runs nothing is compiled from source, as with any installed package, and
-    the checkout gets no ``__pycache__`` folders."""
-    env = os.environ.copy()
-    if pycache is not None:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = pycache
-    return env
-
-
 def run_child(
     code: str, env: dict[str, str], extra_args: Sequence[str] = ()
 ) -> subprocess.CompletedProcess[str]:
@@ -162,7 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.warmup < 1 and not args.no_bytecode_cache:
         parser.error("--warmup must be at least 1: the first runs fill the bytecode cache")
     with tempfile.TemporaryDirectory(prefix="switchyard-pycache-") as pycache:
-        return measure(args, child_environment(None if args.no_bytecode_cache else pycache))
+        # here, not at the top: importing switchyard in this process is not what is measured
+        from switchyard.testing.subprocesses import child_environment
+
+        # with pycache, bytecode is written to and read from that folder even where
+        # PYTHONDONTWRITEBYTECODE is set, so that after the warm-up runs nothing is compiled
+        # from source, as with any installed package, and the checkout gets no __pycache__
+        cache = None if args.no_bytecode_cache else pycache
+        return measure(args, child_environment(import_path=False, bytecode_cache=cache))
 
 
 def measure(args: argparse.Namespace, env: dict[str, str]) -> int:

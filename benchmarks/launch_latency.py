@@ -222,30 +222,6 @@ DEFAULT_PROGRAMS = ("torchrun", "switchyard run", "python script.py")
 """``torchrun+switchyard`` is left out by default to keep a default run under three minutes."""
 
 
-def child_environment(pycache: str | None) -> dict[str, str]:
-    """This environment without anything that would make a job think it is already part of a
-    distributed run; one torch thread per process; with ``pycache``, bytecode written to and
-    read from that folder (``PYTHONPYCACHEPREFIX``) even where ``PYTHONDONTWRITEBYTECODE`` is
-    set."""
-    drop = ("SWITCHYARD_", "TORCHELASTIC_", "SLURM_", "OMPI_", "PMI_", "PMIX_", "LSB_")
-    names = {
-        "MASTER_ADDR",
-        "MASTER_PORT",
-        "RANK",
-        "WORLD_SIZE",
-        "LOCAL_RANK",
-        "NODE_RANK",
-        "GROUP_RANK",
-        "LOCAL_WORLD_SIZE",
-    }
-    env = {k: v for k, v in os.environ.items() if k not in names and not k.startswith(drop)}
-    env["OMP_NUM_THREADS"] = "1"
-    if pycache is not None:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = pycache
-    return env
-
-
 def run_job(program: Program, folder: Path, env: dict[str, str], timeout: float) -> dict[str, Any]:
     """Run one job; seconds from just before ``Popen`` to each phase (latest rank) and to the
     command's exit."""
@@ -401,7 +377,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     programs = [PROGRAMS[n] for n in names]
     with tempfile.TemporaryDirectory(prefix="switchyard-launch-bench-") as tmp:
         pycache = None if args.no_bytecode_cache else str(Path(tmp) / "pycache")
-        return measure(args, programs, Path(tmp), child_environment(pycache))
+        # here, not at the top: this file is also the raw job's worker, which must not import it
+        from switchyard.testing.subprocesses import child_environment
+
+        # no distributed-job or SWITCHYARD_* variables, one torch thread per process
+        env = child_environment(
+            {"OMP_NUM_THREADS": "1"},
+            import_path=False,
+            plugin_switches=False,
+            bytecode_cache=pycache,
+        )
+        return measure(args, programs, Path(tmp), env)
 
 
 def measure(

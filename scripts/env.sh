@@ -2,8 +2,9 @@
 #
 # .venv holds torch 2.13.0 (CPU), the dev tools of requirements/dev.txt, and core plus every
 # first-party plugin installed editable. It is rebuilt only when what it was built from changes
-# (the requirements, any pyproject.toml or setup.py, the Python version); code edits need nothing,
-# since the packages are editable. pip's download cache (outside the repo) makes a rebuild fast.
+# (the requirements, any pyproject.toml, core's build hooks, the Python version); code edits
+# need nothing, since the packages are editable. pip's download cache (outside the repo) makes a
+# rebuild fast.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,7 +16,8 @@ _stamp() {
     "$PYTHON" -c 'import sys; print(sys.version)'
     cat "$ROOT/requirements/dev.txt"
     find "$ROOT/core" "$ROOT/plugins" "$ROOT/examples" -maxdepth 3 \
-      \( -name pyproject.toml -o -name setup.py \) -not -path '*/.venv/*' | sort | xargs cat
+      \( -name pyproject.toml -o -name hatch_build.py -o -name build_backend.py \) \
+      -not -path '*/.venv/*' | sort | xargs cat
   } | sha256sum | cut -d' ' -f1
 }
 
@@ -50,8 +52,9 @@ ensure_venv() {
     "$PYTHON" -m venv "$VENV"
     _pip install -r "$ROOT/requirements/dev.txt"
     mapfile -t pkgs < <(_first_party)
-    # plugins are named by distribution here, so pip matches them with the editable folders
-    SWITCHYARD_PLUGIN_SOURCE=index _pip install --no-build-isolation "${pkgs[@]}"
+    # the build backend (hatchling) comes from requirements/dev.txt; an editable core names its
+    # plugins by distribution, which the editable plugin folders satisfy
+    _pip install --no-build-isolation "${pkgs[@]}"
     "$VENV/bin/python" -m pip check >&2 || { echo "pip check failed" >&2; return 1; }
     "$VENV/bin/python" -c "import switchyard, torch" || { echo "install failed" >&2; return 1; }
     echo "$want" > "$VENV/.stamp"

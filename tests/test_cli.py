@@ -9,7 +9,6 @@ start together, so the module costs about one interpreter start-up per CPU.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from switchyard.testing.subprocesses import child_environment
 
 COMMANDS = {
     "plugins": ["plugins"],
@@ -62,15 +63,6 @@ def _write_site(root: Path) -> Path:
     return marker
 
 
-def _environment(pythonpath: Path | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
-    env.pop("PYTHONPATH", None)
-    if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
-    env["SWITCHYARD_TEST_MARKER_VAR"] = "visible"  # 'env' reports SWITCHYARD_* variables
-    return env
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """``runs[(setting, command)]`` is the finished process; setting is "clean" or "site"."""
@@ -85,7 +77,13 @@ def runs(tmp_path_factory):
         for name in names:
             processes[setting, name] = subprocess.Popen(
                 [sys.executable, "-m", "switchyard", *COMMANDS[name]],
-                env=_environment(pythonpath),
+                # what is installed (and the site), as for a user; 'env' reports SWITCHYARD_*
+                env=child_environment(
+                    {"SWITCHYARD_TEST_MARKER_VAR": "visible"},
+                    import_path=False,
+                    pythonpath=[pythonpath] if pythonpath is not None else [],
+                    plugin_switches=False,
+                ),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

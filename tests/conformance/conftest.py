@@ -10,16 +10,17 @@ pip-installed plugin.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from switchyard.testing.subprocesses import child_environment
 
 KIT_TIMEOUT = 300
 """Seconds a kit session may take; its strategy job gets at most JOB_TIMEOUT of them, so the
@@ -150,7 +151,262 @@ BROKEN_PLUGINS: dict[str, dict[str, str]] = {
                     return 0
         """,
     },
+    "switchyard-hardwired": {
+        "hardwired_plugin": '''
+            """An accelerator whose process group backend is hard-coded."""
+            from switchyard import AcceleratorEntry, hookimpl
+
+            @hookimpl
+            def switchyard_accelerators():
+                yield AcceleratorEntry(
+                    name="hardwired_nccl_cpu",
+                    factory="hardwired_accelerator:HardwiredAccelerator",
+                    description="Two devices behind a hard-coded NCCL backend (broken on purpose)",
+                    priority=-100,
+                )
+        ''',
+        "hardwired_accelerator": '''
+            """Two devices (standing in on the CPU) whose accelerator hard-codes NCCL as their
+            process group backend, whatever distributed_backend says and although NCCL takes
+            no tensors of theirs: devices="auto" selects DDP, whose processes could only fail
+            once started, and an accelerator declaring distributed_backend=None still gets it."""
+            from switchyard_cpu import CPUAccelerator
+
+            class HardwiredAccelerator(CPUAccelerator):
+                @classmethod
+                def device_count(cls):
+                    return 2
+
+                @classmethod
+                def auto_device_count(cls):
+                    return 2
+
+                @classmethod
+                def parse_devices(cls, devices):
+                    if devices == "auto":
+                        return [0, 1]
+                    return super().parse_devices(devices)
+
+                @classmethod
+                def process_group_backend(cls):
+                    return "nccl"  # the bug: not what the device (or the declaration) says
+        ''',
+    },
+    "switchyard-copying": {
+        "copying_plugin": '''
+            """A single-device strategy that trains a copy of the module."""
+            from switchyard import StrategyEntry, hookimpl
+
+            @hookimpl
+            def switchyard_strategies():
+                yield StrategyEntry(
+                    name="copying_single_device",
+                    factory="copying_strategy:CopyingStrategy",
+                    description="One device, training a copy of the module (broken on purpose)",
+                    priority=-100,
+                )
+        ''',
+        "copying_strategy": '''
+            """A strategy that replaces the module's parameters by new nn.Parameter objects (it
+            runs a deep copy of the module) and does not re-point the optimizers at them, so an
+            optimizer created before runtime.setup steps parameters the model does not use."""
+            import copy
+
+            from switchyard.builtin.single_device import SingleDeviceStrategy
+
+            class CopyingStrategy(SingleDeviceStrategy):
+                def setup_module_and_optimizers(self, module, optimizers):
+                    return super().setup_module_and_optimizers(copy.deepcopy(module), optimizers)
+        ''',
+    },
+    "switchyard-unseeded": {
+        "unseeded_plugin": '''
+            """An accelerator whose device has a generator seeding does not reach."""
+            from switchyard import AcceleratorEntry, hookimpl
+
+            @hookimpl
+            def switchyard_accelerators():
+                yield AcceleratorEntry(
+                    name="unseeded_cpu",
+                    factory="unseeded_accelerator:UnseededAccelerator",
+                    description="A device with its own, unseeded generator (broken on purpose)",
+                    priority=-100,
+                )
+        ''',
+        "unseeded_accelerator": '''
+            """The CPU seen through a device layer with a random generator of its own, the way
+            XLA has one, that torch.manual_seed does not reach; the accelerator does not
+            override manual_seed to seed it. Active from setup_device to teardown."""
+            import os
+
+            import torch
+            from torch.overrides import TorchFunctionMode
+
+            from switchyard_cpu import CPUAccelerator
+
+            class OwnGenerator(TorchFunctionMode):
+                def __init__(self):
+                    super().__init__()
+                    seed = int.from_bytes(os.urandom(7), "little")
+                    self.generator = torch.Generator().manual_seed(seed)
+
+                def __torch_function__(self, func, types, args=(), kwargs=None):
+                    kwargs = dict(kwargs or {})
+                    if func in (torch.rand, torch.randn) and kwargs.get("generator") is None:
+                        kwargs["generator"] = self.generator
+                    return func(*args, **kwargs)
+
+            class UnseededAccelerator(CPUAccelerator):
+                _mode = None
+
+                def setup_device(self, device):
+                    self._mode = OwnGenerator()
+                    self._mode.__enter__()
+
+                def teardown(self):
+                    if self._mode is not None:
+                        self._mode.__exit__(None, None, None)
+                        self._mode = None
+        ''',
+    },
+    "switchyard-matmul-autocast": {
+        "matmul_autocast_plugin": '''
+            """An accelerator whose autocast covers the bare matrix product only."""
+            from switchyard import AcceleratorEntry, hookimpl
+
+            @hookimpl
+            def switchyard_accelerators():
+                yield AcceleratorEntry(
+                    name="matmul_autocast_cpu",
+                    factory="matmul_autocast_accelerator:MatmulAutocastAccelerator",
+                    description="A device whose autocast covers only mm (broken on purpose)",
+                    priority=-100,
+                )
+        ''',
+        "matmul_autocast_accelerator": '''
+            """The CPU seen through a device layer whose autocast lists only the matrix product:
+            a linear layer with a bias (addmm) and convolutions stay float32 under autocast,
+            while the accelerator still claims the mixed precisions. Active from setup_device to
+            teardown."""
+            import torch
+            from torch.nn import functional
+            from torch.overrides import TorchFunctionMode
+
+            from switchyard_cpu import CPUAccelerator
+
+            def _uncovered(func, args, kwargs):
+                if func is functional.linear:
+                    return (args[2] if len(args) > 2 else kwargs.get("bias")) is not None
+                return func in (torch.conv1d, torch.conv2d)
+
+            def _float(value):
+                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                    return value.float()
+                return value
+
+            class MatmulOnlyAutocast(TorchFunctionMode):
+                def __torch_function__(self, func, types, args=(), kwargs=None):
+                    kwargs = kwargs or {}
+                    if torch.is_autocast_enabled("cpu") and _uncovered(func, args, kwargs):
+                        with torch.autocast("cpu", enabled=False):
+                            return func(*[_float(a) for a in args], **kwargs)
+                    return func(*args, **kwargs)
+
+            class MatmulAutocastAccelerator(CPUAccelerator):
+                _mode = None
+
+                def setup_device(self, device):
+                    self._mode = MatmulOnlyAutocast()
+                    self._mode.__enter__()
+
+                def teardown(self):
+                    if self._mode is not None:
+                        self._mode.__exit__(None, None, None)
+                        self._mode = None
+        ''',
+    },
+    "switchyard-sharded-flag": {
+        "sharded_flag_plugin": '''
+            """DDP declared as a sharding strategy: correct, but its class does not check
+            supports_sharding itself, so only selection refuses it where sharding is absent."""
+            from switchyard import StrategyEntry, hookimpl
+
+            @hookimpl
+            def switchyard_strategies():
+                yield StrategyEntry(
+                    name="ddp_sharded_flag",
+                    factory="switchyard_ddp.strategy:DDPStrategy",
+                    init_args={"start_method": "spawn"},
+                    description="DDP declared sharded=True, checked by selection alone",
+                    distributed=True,
+                    sharded=True,
+                    priority=-100,
+                )
+        ''',
+    },
 }
+
+AUTOLOADED_EXTENSION: dict[str, str] = {
+    "fakedev_plugin": '''
+        """An accelerator plugin whose hooks module imports the device runtime it requires."""
+        import fakedev_runtime  # noqa: F401  # the bug: an engine imported at discovery
+
+        from switchyard import AcceleratorEntry, hookimpl
+
+        @hookimpl
+        def switchyard_accelerators():
+            yield AcceleratorEntry(
+                name="fakedev",
+                factory="fakedev_accelerator:FakeDevAccelerator",
+                description="A device whose plugin imports its runtime at discovery (broken)",
+                requires=("fakedev_runtime",),
+                priority=-100,
+            )
+    ''',
+    "fakedev_accelerator": """
+        from switchyard_cpu import CPUAccelerator
+
+        class FakeDevAccelerator(CPUAccelerator):
+            pass
+    """,
+    "fakedev_runtime": '''
+        """Stands for a vendor's device runtime, heavy to import, which its torch.backends entry
+        point has `import torch` load in every process (torch's device-extension autoload)."""
+        LOADED_BY_TORCH = False
+
+        def autoload():
+            global LOADED_BY_TORCH
+            LOADED_BY_TORCH = True
+    ''',
+}
+"""switchyard-fakedev: a plugin and the out-of-tree torch extension it requires, which declares a
+``torch.backends`` entry point; in its own folder, so that no other kit run autoloads it."""
+
+
+def write_distribution(
+    root: Path,
+    distribution: str,
+    modules: Mapping[str, str],
+    entry_points: Mapping[str, Mapping[str, str]] | None = None,
+) -> None:
+    """Install ``distribution`` into ``root`` (a folder for ``PYTHONPATH``): each module's
+    source, and a ``*.dist-info`` with ``entry_points`` (default: the first module as the
+    ``switchyard`` entry point named without its ``_plugin`` suffix)."""
+    for name, source in modules.items():
+        (root / f"{name}.py").write_text(textwrap.dedent(source).lstrip())
+    if entry_points is None:
+        entry_point = next(iter(modules))
+        entry_points = {"switchyard": {entry_point.removesuffix("_plugin"): entry_point}}
+    folder = root / f"{distribution.replace('-', '_')}-1.0.0.dist-info"
+    folder.mkdir()
+    (folder / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 1.0.0\n"
+    )
+    groups = "".join(
+        f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in points.items())
+        for group, points in entry_points.items()
+    )
+    (folder / "entry_points.txt").write_text(groups)
 
 
 @pytest.fixture(scope="session")
@@ -158,16 +414,24 @@ def broken_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding the broken plugins as installed distributions."""
     root = tmp_path_factory.mktemp("broken-site")
     for distribution, modules in BROKEN_PLUGINS.items():
-        for name, source in modules.items():
-            (root / f"{name}.py").write_text(textwrap.dedent(source).lstrip())
-        entry_point = next(iter(modules))
-        folder = root / f"{distribution.replace('-', '_')}-1.0.0.dist-info"
-        folder.mkdir()
-        (folder / "METADATA").write_text(
-            f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 1.0.0\n"
-        )
-        plugin = entry_point.removesuffix("_plugin")
-        (folder / "entry_points.txt").write_text(f"[switchyard]\n{plugin} = {entry_point}\n")
+        write_distribution(root, distribution, modules)
+    return root
+
+
+@pytest.fixture(scope="session")
+def autoloaded_extension_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding switchyard-fakedev (:data:`AUTOLOADED_EXTENSION`): its plugin, and the
+    torch extension that ``import torch`` autoloads wherever the folder is on the path."""
+    root = tmp_path_factory.mktemp("autoload-site")
+    write_distribution(
+        root,
+        "switchyard-fakedev",
+        AUTOLOADED_EXTENSION,
+        {
+            "switchyard": {"fakedev": "fakedev_plugin"},
+            "torch.backends": {"fakedev": "fakedev_runtime:autoload"},
+        },
+    )
     return root
 
 
@@ -193,18 +457,36 @@ class KitRun:
     def outcomes(self) -> dict[str, str]:
         return {name: c["outcome"] for name, c in self.checks().items()}
 
+    def assert_conformant(self) -> None:
+        """Every check ran and passed, and the report says so."""
+        not_passed = {
+            n: (c["outcome"], c["message"])
+            for n, c in self.checks().items()
+            if c["outcome"] != "passed"
+        }
+        assert not not_passed, f"{not_passed}\n{self.output}"
+        assert self.returncode == 0, self.output
+        summary = self.report["summary"]
+        assert summary["result"] == "passed"
+        assert summary["failed"] == summary["skipped"] == summary["not run"] == 0
+        assert summary["passed"] == summary["total"] > 0
+
+
+PythonPath = Path | Sequence[Path] | None
+"""Folders for a kit session's ``PYTHONPATH``: one, several, or none."""
+
 
 def _run_kit(
-    tmp_path: Path, *args: str, pythonpath: Path | None = None, cwd: Path | None = None
+    tmp_path: Path, *args: str, pythonpath: PythonPath = None, cwd: Path | None = None
 ) -> KitRun:
     """``python -m pytest -p switchyard.testing ARGS --switchyard-report ...`` in a clean
     environment, the way a vendor runs the kit."""
     report = tmp_path / "conformance.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
-    if pythonpath is not None:
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(pythonpath), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
-        )
+    env = child_environment(
+        import_path=False,
+        pythonpath=[pythonpath] if isinstance(pythonpath, Path) else list(pythonpath or ()),
+        plugin_switches=False,
+    )
     command = [
         sys.executable,
         "-m",
@@ -237,7 +519,7 @@ def _run_kit(
 def run_kit(tmp_path: Path) -> Callable[..., KitRun]:
     """``run_kit("--switchyard-accelerator", "cpu", pythonpath=site)``: see :func:`_run_kit`."""
 
-    def run(*args: str, pythonpath: Path | None = None, cwd: Path | None = None) -> KitRun:
+    def run(*args: str, pythonpath: PythonPath = None, cwd: Path | None = None) -> KitRun:
         return _run_kit(tmp_path, *args, pythonpath=pythonpath, cwd=cwd)
 
     return run

@@ -105,10 +105,15 @@ def test_absent_hardware_is_skipped_with_its_reason_never_passed(
     assert kit.returncode == 0, kit.output
     assert kit.report["summary"]["result"] == "incomplete"
     outcomes = kit.outcomes()
+    # selection's refusals are asked of the accelerator's declarations: no device needed
+    refusals = {n: o for n, o in outcomes.items() if n.startswith("strategy.refused_")}
+    assert set(refusals.values()) == {"passed"}, outcomes
     hardware = {
         n: o
         for n, o in outcomes.items()
-        if n.startswith(("accelerator.", "strategy.")) and n != "accelerator.availability"
+        if n.startswith(("accelerator.", "strategy."))
+        and n != "accelerator.availability"
+        and n not in refusals
     }
     assert hardware, outcomes
     assert set(hardware.values()) == {"skipped"}, outcomes
@@ -132,6 +137,10 @@ def test_too_few_devices_skips_the_strategy_checks(run_kit: RunKit) -> None:
     )
     assert kit.returncode == 0, kit.output
     strategy = {n: o for n, o in kit.outcomes().items() if n.startswith("strategy.")}
+    # the checks of the job are skipped; selection's refusals start no process and still run
+    refusals = {n: strategy.pop(n) for n in list(strategy) if n.startswith("strategy.refused_")}
+    assert refusals["strategy.refused_without_backend[example_allreduce]"] == "passed"
+    assert set(refusals.values()) == {"passed"}
     assert strategy
     assert set(strategy.values()) == {"skipped"}
     assert "asked for 100000 processes" in kit.message("strategy.barrier")

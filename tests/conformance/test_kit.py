@@ -5,7 +5,6 @@ project's own tests when paths are given, clear about wrong choices, and wrapped
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,12 +15,13 @@ import pytest
 
 import switchyard.testing.plugin as kit_plugin
 from switchyard.testing import KitConfig, KitUsageError
+from switchyard.testing.subprocesses import child_environment
 
 RunKit = Callable[..., Any]
 
 
 def pytest_run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+    env = child_environment(import_path=False, plugin_switches=False)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
         capture_output=True,
@@ -104,7 +104,7 @@ def test_strategy_checks_run_on_the_accelerator_they_support() -> None:
 
 def test_switchyard_conformance_command_wraps_pytest(tmp_path: Path) -> None:
     report = tmp_path / "out" / "report.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+    env = child_environment(import_path=False, plugin_switches=False)
     proc = subprocess.run(
         [
             sys.executable,

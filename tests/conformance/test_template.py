@@ -4,7 +4,6 @@ discovers with no change to core, and that passes the kit through its own test s
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from switchyard.registry import PluginRegistry
+from switchyard.testing.subprocesses import child_environment
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "examples" / "plugin-template"
 
@@ -49,7 +49,7 @@ def test_installed_from_its_folder_and_found_through_its_entry_point(
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_template_test_suite_passes_the_kit(template: importlib.metadata.Distribution) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+    env = child_environment(import_path=False, plugin_switches=False)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"],
         capture_output=True,

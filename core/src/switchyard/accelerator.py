@@ -1,40 +1,170 @@
-"""The Accelerator interface: one kind of device, described in PyTorch's own vocabulary."""
+"""The Accelerator interface: one kind of device, described in PyTorch's own vocabulary.
+
+Every default here asks PyTorch's device-generic API (``torch.accelerator`` for the current
+accelerator, else ``torch.get_device_module(device_type)``), so any device torch knows, a
+vendor's PrivateUse1 extension included, works with an accelerator that declares nothing but its
+``device_type``. A plugin overrides only what is really special about its device.
+"""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import ClassVar
+import contextlib
+from abc import ABC
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any, ClassVar
 
 import torch
 
-from switchyard.errors import DeviceSelectionError
+from switchyard.errors import DeviceSelectionError, SelectionError
 
 DevicesArg = int | str | Sequence[int]
 """What users pass as ``devices=``: ``2``, ``-1`` (all), ``[0, 2]``, ``"0,1"``, ``"2"``, ``"auto"``."""
+
+BACKEND_FROM_TORCH = "auto"
+"""The default of :attr:`Accelerator.distributed_backend`: the backend ``torch.distributed``
+registers for the device type (``torch.distributed.Backend.default_device_backend_map``, which
+``Backend.register_backend(..., devices=[...])`` extends), if that backend takes its tensors."""
+
+# failures a device-generic query may raise on a backend that lacks the feature
+_UNSUPPORTED = (RuntimeError, AttributeError, NotImplementedError, TypeError, AssertionError)
+
+
+def device_module(device_type: str) -> ModuleType | None:
+    """``torch.<device_type>`` as torch registers it (``torch.get_device_module``), or ``None``
+    for a device type torch has no module for."""
+    try:
+        module = torch.get_device_module(device_type)
+    except (RuntimeError, AttributeError, ValueError):
+        return None
+    return module if isinstance(module, ModuleType) else None
+
+
+def is_current_accelerator(device_type: str) -> bool:
+    """Whether ``device_type`` is the accelerator this torch build (or an autoloaded extension)
+    reports through ``torch.accelerator``, whose API then answers for it."""
+    try:
+        current = torch.accelerator.current_accelerator(check_available=False)
+    except _UNSUPPORTED:
+        return False
+    return current is not None and current.type == device_type
+
+
+def _call(function: Callable[..., Any] | None, *args: Any) -> Any:
+    return function(*args) if callable(function) else None
+
+
+def ask_torch(device_type: str, generic: str, module_function: str, *args: Any) -> Any:
+    """``torch.accelerator.<generic>(*args)`` when ``device_type`` is the current accelerator
+    and torch's backend for it answers; else the device module's ``<module_function>(*args)``;
+    ``None`` if neither exists. An extension that registers its device only from Python (a
+    renamed PrivateUse1 backend without C++ hooks) is answered by its module."""
+    if is_current_accelerator(device_type):
+        try:
+            return getattr(torch.accelerator, generic)(*args)
+        except _UNSUPPORTED:
+            pass
+    return _call(getattr(device_module(device_type), module_function, None), *args)
+
+
+def parse_backend(backend: str) -> dict[str, str]:
+    """``"cpu:gloo,cuda:nccl"`` as ``{"cpu": "gloo", "cuda": "nccl"}``; a plain ``"gloo"`` as
+    ``{"": "gloo"}`` (one backend for every device type)."""
+    pairs: dict[str, str] = {}
+    for part in backend.split(","):
+        device, sep, name = part.strip().rpartition(":")
+        if not name or (sep and not device):
+            raise SelectionError(
+                f"process group backend {backend!r} is not understood; write one backend "
+                "('gloo') or device:backend pairs ('cpu:gloo,cuda:nccl')"
+            )
+        pairs[device.strip().lower()] = name.strip().lower()
+    return pairs
 
 
 class Accelerator(ABC):
     """One kind of device (``cpu``, ``cuda``, ``xla``...) and how to use it.
 
     Implement this for new hardware and publish it through an
-    :class:`~switchyard.AcceleratorEntry`. Class methods must work without creating any device
-    context: selection calls them to decide whether the accelerator is usable at all. Import your
-    runtime library (``torch_xla``, ``intel_extension_for_pytorch``) inside methods, not at the top
-    of the module, so that discovery stays cheap.
+    :class:`~switchyard.AcceleratorEntry`. The shortest correct accelerator declares only
+    :attr:`device_type`: every method defaults to PyTorch's device-generic API for that type.
+    Override what your device does differently, and declare what it cannot do
+    (:attr:`distributed_backend` ``= None``, :attr:`supports_sharding`, :attr:`forks_after_init`)
+    so that selection refuses such strategies before any process starts.
+
+    Class methods must work without creating any device context: selection calls them to decide
+    whether the accelerator is usable at all. Import your runtime library (``torch_xla``,
+    ``intel_extension_for_pytorch``) inside methods, not at the top of the module, so that
+    discovery stays cheap.
     """
 
     device_type: ClassVar[str]
     """The ``torch.device`` type string, e.g. ``"cuda"``; used for ``torch.autocast`` too."""
 
-    distributed_backend: ClassVar[str | None] = None
-    """The default ``torch.distributed`` backend for this device (``"gloo"``, ``"nccl"``,
-    ``"xccl"``), or ``None`` if it cannot run distributed strategies."""
+    distributed_backend: ClassVar[str | None] = BACKEND_FROM_TORCH
+    """The ``torch.distributed`` backend processes on this device talk through: a name
+    (``"gloo"``), device:backend pairs for jobs that mix tensor kinds (``"cpu:gloo,cuda:nccl"``),
+    ``None`` when the device cannot run multi-process strategies, or the default
+    :data:`BACKEND_FROM_TORCH`: what ``torch.distributed`` registers for :attr:`device_type`.
+    Read it through :meth:`process_group_backend`."""
+
+    supports_sharding: ClassVar[bool] = True
+    """Whether the backend's all-gather and reduce-scatter work on this device's tensors, as
+    strategies that shard parameters over processes (FSDP, ZeRO-3) need; such strategies'
+    entries say ``sharded=True``."""
+
+    forks_after_init: ClassVar[bool] = False
+    """Whether a process forked after this device was initialised can still use it. CUDA-like
+    runtimes cannot, so ``fork`` start methods are refused once :meth:`is_initialized`; the
+    host CPU can."""
+
+    # -- the class: what selection asks, without creating any device context -------------
 
     @classmethod
-    @abstractmethod
+    def process_group_backend(cls) -> str | None:
+        """The backend string for ``torch.distributed.init_process_group``, or ``None`` when
+        processes on this device cannot talk (see :attr:`distributed_backend`)."""
+        declared = cls.distributed_backend
+        if declared != BACKEND_FROM_TORCH:
+            return declared
+        import torch.distributed as dist
+
+        if not dist.is_available():
+            return None
+        mapping = dist.Backend.default_device_backend_map
+        capability = dist.Backend.backend_capability
+
+        def takes(device_type: str) -> str | None:
+            backend = mapping.get(device_type)
+            if backend is None or device_type not in capability.get(backend, [device_type]):
+                return None
+            return backend
+
+        backend = takes(cls.device_type)
+        if backend is None:
+            return None
+        # a job on a device also has CPU tensors (metrics, object collectives): pair the
+        # device's backend with the host's where they differ
+        host = "cpu"
+        host_backend = takes(host)
+        if cls.device_type == host or host_backend in (None, backend):
+            return backend
+        return f"{host}:{host_backend},{cls.device_type}:{backend}"
+
+    @classmethod
+    def device_module(cls) -> ModuleType | None:
+        """``torch.<device_type>``, where torch registers a module for the device type."""
+        return device_module(cls.device_type)
+
+    @classmethod
     def is_available(cls) -> bool:
-        """Whether at least one device of this kind can be used in this process."""
+        """Whether at least one device of this kind can be used in this process. Default:
+        ``torch.accelerator.is_available()`` for the current accelerator, else the device
+        module's ``is_available()``."""
+        try:
+            return bool(ask_torch(cls.device_type, "is_available", "is_available"))
+        except _UNSUPPORTED:
+            return False
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -45,17 +175,36 @@ class Accelerator(ABC):
         """
         if cls.is_available():
             return None
+        if cls.device_module() is None and not is_current_accelerator(cls.device_type):
+            return (
+                f"torch knows no device type {cls.device_type!r} in this process (no "
+                f"torch.{cls.device_type} module; is the PyTorch extension for it installed?)"
+            )
         return f"no {cls.device_type} device is available in this process"
 
     @classmethod
-    @abstractmethod
     def device_count(cls) -> int:
-        """How many devices of this kind this process can see."""
+        """How many devices of this kind this process can see. Default:
+        ``torch.accelerator.device_count()`` or the device module's ``device_count()``."""
+        try:
+            return int(ask_torch(cls.device_type, "device_count", "device_count") or 0)
+        except _UNSUPPORTED:
+            return 0
 
     @classmethod
     def auto_device_count(cls) -> int:
         """How many devices ``devices="auto"`` means. Default: all of them."""
         return max(cls.device_count(), 1)
+
+    @classmethod
+    def is_initialized(cls) -> bool:
+        """Whether this process already created the device's runtime context (which a forked
+        child cannot inherit unless :attr:`forks_after_init`). Default: the device module's
+        ``is_initialized()``, where it has one."""
+        try:
+            return bool(_call(getattr(cls.device_module(), "is_initialized", None)))
+        except _UNSUPPORTED:
+            return False
 
     @classmethod
     def parse_devices(cls, devices: DevicesArg) -> list[int]:
@@ -141,26 +290,84 @@ class Accelerator(ABC):
             return f"torch.autocast is not available for device type {cls.device_type!r}"
         return None
 
+    # -- an instance: one process using its device ----------------------------------------
+
     def setup_device(self, device: torch.device) -> None:
         """Make ``device`` this process's current device. Called once per process, before any
-        module or tensor is moved. Default: nothing."""
+        module or tensor is moved. Default: ``torch.accelerator.set_device_index`` (or the
+        device module's ``set_device``) for an indexed device."""
+        index: int | None = device.index  # None for an unindexed device such as the host CPU
+        if index is None:
+            return
+        if is_current_accelerator(device.type):
+            try:
+                torch.accelerator.set_device_index(index)
+                return
+            except _UNSUPPORTED:
+                pass
+        _call(getattr(device_module(device.type), "set_device", None), device)
 
     def synchronize(self, device: torch.device | None = None) -> None:
-        """Wait until all queued work on ``device`` has finished. Default: nothing (eager CPU)."""
+        """Wait until all queued work on ``device`` (default: the current one) has finished.
+        Default: ``torch.accelerator.synchronize`` or the device module's ``synchronize``."""
+        device_type = device.type if device is not None else self.device_type
+        ask_torch(device_type, "synchronize", "synchronize", *(() if device is None else (device,)))
+
+    def current_stream(self, device: torch.device | None = None) -> Any:
+        """The stream work is queued on (``torch.Stream`` or the device module's own), or
+        ``None`` for a device without streams."""
+        device_type = device.type if device is not None else self.device_type
+        try:
+            return ask_torch(device_type, "current_stream", "current_stream", device)
+        except _UNSUPPORTED:
+            return None
 
     def memory_stats(self, device: torch.device) -> dict[str, int]:
-        """Memory statistics in bytes. Known keys (report those you can):
-        ``allocated``, ``reserved``, ``peak_allocated``, ``total``. Default: none."""
-        return {}
+        """Memory statistics in bytes. Known keys (report those you can): ``allocated``,
+        ``reserved``, ``peak_allocated``, ``total``. Default: ``torch.accelerator``'s memory
+        functions, falling back to the device module's, leaving out what neither answers (an
+        allocator that is not a ``DeviceAllocator`` has none)."""
+        generic = torch.accelerator if is_current_accelerator(device.type) else None
+        module = device_module(device.type)
+        stats: dict[str, int] = {}
+        queries = {
+            "allocated": "memory_allocated",
+            "reserved": "memory_reserved",
+            "peak_allocated": "max_memory_allocated",
+        }
+        for key, function in queries.items():
+            value = _first_answer(
+                device, getattr(generic, function, None), getattr(module, function, None)
+            )
+            if value is not None:
+                stats[key] = int(value)
+        info = _first_answer(
+            device, getattr(generic, "get_memory_info", None), getattr(module, "mem_get_info", None)
+        )
+        if isinstance(info, tuple) and len(info) == 2:
+            stats["total"] = int(info[1])
+        return stats
 
     def empty_cache(self) -> None:
-        """Release cached, unused device memory back to the device. Default: nothing."""
+        """Release cached, unused device memory back to the device. Default:
+        ``torch.accelerator.empty_cache()`` or the device module's ``empty_cache``."""
+        with contextlib.suppress(*_UNSUPPORTED):
+            ask_torch(self.device_type, "empty_cache", "empty_cache")
+
+    def manual_seed(self, seed: int) -> None:
+        """Seed the random generators of every device of this kind. ``torch.manual_seed`` already
+        seeds the devices torch registers; the default also calls the device module's
+        ``manual_seed_all`` (or ``manual_seed``). Override for a device with a generator torch
+        does not reach (XLA). Called by :func:`switchyard.seed_everything` in every process."""
+        module = device_module(self.device_type)
+        seeder = getattr(module, "manual_seed_all", None) or getattr(module, "manual_seed", None)
+        with contextlib.suppress(*_UNSUPPORTED):
+            _call(seeder, seed)
 
     def device_name(self, device: torch.device) -> str:
         """The hardware's name, for reports (``"NVIDIA H100 80GB HBM3"``). Default: what the
         device module's ``get_device_name`` says, where torch has one, else ``str(device)``."""
-        module = getattr(torch, device.type, None)
-        get_name = getattr(module, "get_device_name", None)
+        get_name = getattr(device_module(device.type), "get_device_name", None)
         if callable(get_name):
             try:
                 return str(get_name(device))
@@ -173,3 +380,15 @@ class Accelerator(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def _first_answer(device: torch.device, *functions: Any) -> Any:
+    """The first of ``functions(device)`` that answers; ``None`` if none does."""
+    for function in functions:
+        if not callable(function):
+            continue
+        try:
+            return function(device)
+        except _UNSUPPORTED:
+            continue
+    return None

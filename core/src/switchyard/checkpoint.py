@@ -1,9 +1,11 @@
-"""Writing and reading checkpoint files so that a crash never leaves a half-written file behind."""
+"""Writing and reading checkpoints so that a crash never leaves a half-written one behind: single
+files (:func:`atomic_save`, :func:`load_file`) and directories (:func:`replace_directory`)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,38 @@ def load_file(path: str | Path, weights_only: bool = True) -> dict[str, Any]:
             f"{str(path)!r} holds a {type(loaded).__name__}, not the dict runtime.save writes"
         )
     return loaded
+
+
+def replace_directory(temporary: str | Path, path: str | Path) -> None:
+    """Give the complete directory ``temporary`` the name ``path``, for checkpoints that are
+    directories (one file per process, as sharded strategies write them).
+
+    Write the checkpoint into ``temporary``, a sibling of ``path`` (the same file system, so that
+    renames are atomic), and call this once it is complete, from one process. Whatever is at
+    ``path`` (an old checkpoint directory, a file, a link) is first renamed aside to
+    ``.NAME.old-*`` beside it and deleted only once ``temporary`` has taken its name. A crash
+    therefore leaves at ``path`` the old checkpoint or the new one, never a partial one (after a
+    crash between the two renames, the old one waits under ``.NAME.old-*``); an error in the
+    second rename puts the old one back and is raised.
+    """
+    temporary = Path(temporary)
+    path = Path(path)
+    old = None
+    if path.exists() or path.is_symlink():
+        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:12]}")
+        os.replace(path, old)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        if old is not None:
+            os.replace(old, path)  # put the old checkpoint back
+        raise
+    fsync_directory(path.parent)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 def fsync_directory(directory: Path) -> None:

@@ -15,35 +15,9 @@ from typing import Any
 
 from switchyard.registry import PluginRegistry, Registration, default_registry
 
-# variables that decide how a run is laid out; printed by 'switchyard env'
-_ENV_PREFIXES = (
-    "SWITCHYARD_",
-    "TORCHELASTIC_",
-    "SLURM_",
-    "LSB_",
-    "OMPI_COMM_WORLD_",
-    "PMI_",
-    "PJRT_",
-    "XLA_",
-    "NCCL_",
-    "TORCH_",
-)
-_ENV_NAMES = (
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "WORLD_SIZE",
-    "RANK",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "NODE_RANK",
-    "GROUP_RANK",
-    "CUDA_VISIBLE_DEVICES",
-    "HIP_VISIBLE_DEVICES",
-    "ROCR_VISIBLE_DEVICES",
-    "ZE_AFFINITY_MASK",
-    "OMP_NUM_THREADS",
-    "PYTORCH_ENABLE_MPS_FALLBACK",
-)
+# variables core itself reads or that every torch job may set; plugins add their own through
+# the switchyard_env_report hook
+_CORE_VARIABLES = ("SWITCHYARD_", "TORCH_", "PYTORCH_")
 
 
 def usability(registration: Registration) -> str | None:
@@ -177,6 +151,24 @@ def env_report(registry: PluginRegistry) -> dict[str, Any]:
             if r.plugin.distribution
         },
     )
+    variables: list[str] = list(_CORE_VARIABLES)
+    plugin_reports: dict[str, Any] = {}
+    plugin_versions: dict[str, Any] = {}
+    for plugin, report in registry.env_reports():
+        extra = dict(report)
+        named = extra.pop("variables", ())
+        variables.extend([named] if isinstance(named, str) else [str(v) for v in named])
+        plugin_versions.update(extra.pop("versions", None) or {})
+        if extra:
+            plugin_reports[plugin.name] = extra
+    names = {v for v in variables if not v.endswith("_")}
+    prefixes = tuple(v for v in variables if v.endswith("_"))
+    build = {
+        key: value
+        for key, value in sorted(vars(torch.version).items())
+        if not key.startswith("_") and (value is None or isinstance(value, (str, bool)))
+    }
+    build["distributed"] = torch.distributed.is_available()
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -187,23 +179,18 @@ def env_report(registry: PluginRegistry) -> dict[str, Any]:
             "torch": torch.__version__,
             "pluggy": pluggy.__version__,
             "numpy": version("numpy"),
+            **plugin_versions,
         },
-        "torch_build": {
-            "cuda": torch.version.cuda,
-            "hip": torch.version.hip,
-            "debug": torch.version.debug,
-            "distributed": torch.distributed.is_available(),
-        },
+        "torch_build": build,
         "torch_current_accelerator": str(current) if current is not None else None,
         "plugin_distributions": dict(distributions),
         "accelerators": accelerators,
+        "plugin_reports": plugin_reports,
         "plugin_failures": [
             f"{f.plugin.describe()} at {f.stage}: {f.error}" for f in registry.failures
         ],
         "environment_variables": {
-            k: v
-            for k, v in sorted(os.environ.items())
-            if k in _ENV_NAMES or k.startswith(_ENV_PREFIXES)
+            k: v for k, v in sorted(os.environ.items()) if k in names or k.startswith(prefixes)
         },
     }
 

@@ -157,9 +157,15 @@ class StrategyEntry(Entry):
     precisions:
         Names of the precisions it works with; ``None`` means any.
     distributed:
-        ``True`` if it runs one process per device (DDP, FSDP); ``False`` for strategies that drive
-        exactly one device in one process. ``strategy="auto"`` picks among non-distributed
-        entries for one device and distributed ones for more.
+        ``True`` if it runs one process per device, talking through ``torch.distributed`` (DDP,
+        FSDP): the accelerator must declare a backend
+        (:meth:`~switchyard.Accelerator.process_group_backend`). ``False`` for strategies that
+        drive exactly one device in one process. ``strategy="auto"`` picks among
+        non-distributed entries for one device and distributed ones for more.
+    sharded:
+        ``True`` if it shards parameters over processes with all-gather and reduce-scatter
+        (FSDP, ZeRO-3): the accelerator must declare
+        :attr:`~switchyard.Accelerator.supports_sharding`.
 
     Example::
 
@@ -172,6 +178,7 @@ class StrategyEntry(Entry):
     accelerators: tuple[str, ...] | None = None
     precisions: tuple[str, ...] | None = None
     distributed: bool = False
+    sharded: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

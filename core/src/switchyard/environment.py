@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 
+DEFAULT_MAIN_PORT = 29500
+"""``torch.distributed``'s (and torchrun's) default rendezvous port: the main port of a job whose
+nodes must agree on one without talking, when neither ``MASTER_PORT`` nor the scheduler gives
+one."""
+
 
 class ClusterEnvironment(ABC):
     """Answers, for the current process, the questions ``torch.distributed`` needs.

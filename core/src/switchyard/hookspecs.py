@@ -34,8 +34,8 @@ Example plugin module::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -103,6 +103,26 @@ def switchyard_environments() -> Iterable[EnvironmentEntry] | EnvironmentEntry |
     """
 
 
+@hookspec
+def switchyard_env_report() -> Mapping[str, Any] | None:
+    """What ``switchyard env`` shows for this plugin, so that a bug report carries it.
+
+    Called only by ``switchyard env``, with no arguments, once per plugin; return ``None`` or a
+    mapping with any of:
+
+    ``"versions"``
+        library or engine name to its version, e.g. ``{"torch_xla": "2.9.0"}``;
+    ``"variables"``
+        names of the environment variables that steer your device or engine, or prefixes
+        ending in ``_`` for a family of them, e.g. ``("PJRT_DEVICE", "XLA_")``: their values
+        in this process are shown;
+
+    and any other key, shown as it is. Must not create a device context nor import a heavy
+    engine that the user's process would not import anyway; a plugin that raises here is
+    reported and the others are shown.
+    """
+
+
 # -- lifecycle hooks --------------------------------------------------------------------------
 
 
@@ -141,3 +161,7 @@ REGISTRATION_HOOKS: tuple[str, ...] = (
     "switchyard_precisions",
     "switchyard_environments",
 )
+"""The hooks whose results are entries, collected at discovery."""
+
+REPORT_HOOKS: tuple[str, ...] = ("switchyard_env_report",)
+"""Hooks switchyard calls one plugin at a time for what it shows (never wrappers)."""

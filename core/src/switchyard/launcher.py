@@ -11,8 +11,8 @@ class Launcher(ABC):
     """Starts the processes a strategy needs.
 
     Two kinds exist. A *script* launcher (``requires_function = False``) re-runs the user's script
-    once per extra process, the way ``torchrun`` does, and returns in the original process, which
-    becomes rank 0: ``runtime.launch()`` needs no argument. A *function* launcher
+    once per process, the way ``torchrun`` does, while the original process only supervises and
+    exits with the job's status: ``runtime.launch()`` needs no argument. A *function* launcher
     (``requires_function = True``) starts processes with ``torch.multiprocessing`` and runs the
     given function in each of them: ``runtime.launch(main)``.
 
@@ -30,6 +30,6 @@ class Launcher(ABC):
     def launch(self, function: Callable[..., Any] | None, *args: Any, **kwargs: Any) -> Any:
         """Start the processes and run ``function(*args, **kwargs)`` in each.
 
-        For a script launcher ``function`` is called in the current process only (rank 0) after
-        the others were started; it may be ``None``. Return what rank 0's call returned.
+        A script launcher is given ``None`` and does not return: the workers run the script, and
+        the supervising process exits with their status. Return what rank 0's call returned.
         """

@@ -9,27 +9,23 @@ strategy built on ``torch.distributed`` can too.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from switchyard.accelerator import Accelerator, parse_backend
+from switchyard.environment import ClusterEnvironment
 from switchyard.errors import SelectionError
 from switchyard.launcher import Launcher
+from switchyard.precision import Precision
 from switchyard.strategy import ReduceOp, Strategy
 
 T = TypeVar("T")
 
 StartMethod = Literal["popen", "spawn", "fork", "forkserver"]
-
-_REDUCE_OPS = {
-    "sum": dist.ReduceOp.SUM,
-    "mean": dist.ReduceOp.SUM,  # divided afterwards: gloo has no AVG
-    "max": dist.ReduceOp.MAX,
-    "min": dist.ReduceOp.MIN,
-    "product": dist.ReduceOp.PRODUCT,
-}
 
 
 class ParallelStrategy(Strategy):
@@ -62,14 +58,39 @@ class ParallelStrategy(Strategy):
 
     # -- processes ------------------------------------------------------------------------
 
+    def bind(
+        self,
+        *,
+        accelerator: Accelerator,
+        precision: Precision,
+        environment: ClusterEnvironment,
+        devices: Sequence[torch.device],
+        num_nodes: int,
+    ) -> None:
+        """Refuse, before any process starts, an accelerator whose processes cannot talk: no
+        backend declared, or one ``torch.distributed`` does not know."""
+        super().bind(
+            accelerator=accelerator,
+            precision=precision,
+            environment=environment,
+            devices=devices,
+            num_nodes=num_nodes,
+        )
+        check_backend(self.process_group_backend, type(self).__name__, type(accelerator))
+
     @property
     def process_group_backend(self) -> str:
-        backend = self._backend or type(self.accelerator).distributed_backend
+        """The backend string given to ``init_process_group``: ``process_group_backend=``, else
+        the accelerator's (:meth:`~switchyard.Accelerator.process_group_backend`)."""
+        backend = self._backend or type(self.accelerator).process_group_backend()
         if backend is None:
+            accelerator = type(self.accelerator)
             raise SelectionError(
-                f"{type(self.accelerator).__name__} declares no torch.distributed backend, so "
-                f"{type(self).__name__} cannot run on it; pass process_group_backend=... or "
-                "choose another strategy"
+                f"{type(self).__name__} runs processes that talk through torch.distributed, "
+                f"but {accelerator.__name__} declares no process group backend for "
+                f"{accelerator.device_type!r} tensors; run one process (devices=1 with the "
+                "single_device strategy), or pass process_group_backend=... if a backend you "
+                "registered with torch.distributed.Backend.register_backend takes them"
             )
         return backend
 
@@ -90,7 +111,17 @@ class ParallelStrategy(Strategy):
                     self.environment, self.num_processes, self.num_nodes
                 )
             else:
-                self._launcher = MultiprocessingLauncher(self, self.start_method)
+                if self.start_method == "fork":
+                    check_fork_safe(type(self.accelerator), type(self).__name__)
+                environment = self.environment
+                self._launcher = MultiprocessingLauncher(
+                    self.start_method,
+                    num_processes=self.num_processes,
+                    num_nodes=self.num_nodes,
+                    node_rank=environment.node_rank(),
+                    main_address=environment.main_address,
+                    main_port=environment.main_port,
+                )
         return self._launcher
 
     @property
@@ -140,8 +171,9 @@ class ParallelStrategy(Strategy):
             os.environ["MASTER_PORT"] = str(self.environment.main_port)
             backend = self.process_group_backend
             kwargs: dict[str, Any] = {}
-            if backend != "gloo":
-                # lets backends like NCCL bind communicators to this process's device eagerly
+            if self.root_device.index is not None:
+                # an indexed device (not the host): lets backends such as NCCL bind their
+                # communicators to this process's device eagerly
                 kwargs["device_id"] = self.root_device
             dist.init_process_group(
                 backend,
@@ -164,13 +196,9 @@ class ParallelStrategy(Strategy):
     # -- collectives ----------------------------------------------------------------------
 
     def all_reduce(self, tensor: torch.Tensor, op: ReduceOp = "mean") -> torch.Tensor:
-        op = op.lower()
-        try:
-            reduce_op = _REDUCE_OPS[op]
-        except KeyError:
-            raise ValueError(
-                f"all_reduce op={op!r} is not one of {', '.join(_REDUCE_OPS)}"
-            ) from None
+        # op is one of REDUCE_OPS (the runtime normalizes it); torch names them in upper case,
+        # and the mean is a sum divided afterwards, since gloo has no AVG
+        reduce_op = dist.ReduceOp.SUM if op == "mean" else getattr(dist.ReduceOp, op.upper())
         result = tensor.detach().clone()
         if op == "mean" and not torch.is_floating_point(result):
             result = result.to(torch.get_default_dtype())
@@ -197,3 +225,38 @@ class ParallelStrategy(Strategy):
     def barrier(self, name: str | None = None) -> None:
         if dist.is_initialized():
             dist.barrier()
+
+
+def check_backend(backend: str, strategy: str, accelerator: type[Accelerator]) -> None:
+    """Raise :class:`~switchyard.SelectionError` unless every backend named in ``backend``
+    (``"gloo"`` or ``"cpu:gloo,cuda:nccl"``) is one ``torch.distributed`` knows, built in or
+    registered by a plugin with ``torch.distributed.Backend.register_backend``."""
+    if not dist.is_available():
+        raise SelectionError(
+            f"{strategy} needs torch.distributed, which this torch build does not include"
+        )
+    known = set(dist.Backend.backend_list) - {"undefined"}
+    unknown = sorted({name for name in parse_backend(backend).values() if name not in known})
+    if unknown:
+        raise SelectionError(
+            f"{strategy} would create a process group with backend {backend!r} (from "
+            f"{accelerator.__name__}), but torch.distributed knows no backend "
+            f"{', '.join(repr(u) for u in unknown)}. Known: {', '.join(sorted(known))}. A plugin "
+            "that brings its own backend registers it with "
+            "torch.distributed.Backend.register_backend(name, creator, devices=[...]) when "
+            "its accelerator module is imported"
+        )
+
+
+def check_fork_safe(accelerator: type[Accelerator], strategy: str) -> None:
+    """Refuse to fork processes from one that already initialised a device whose runtime does
+    not survive ``fork`` (the accelerator's ``forks_after_init`` is ``False`` and its
+    ``is_initialized()`` is ``True``): every child would fail on its first device call."""
+    if accelerator.forks_after_init or not accelerator.is_initialized():
+        return
+    raise SelectionError(
+        f"{strategy} would start its processes with fork, but this process has already "
+        f"initialised its {accelerator.device_type!r} device, which forked processes cannot "
+        "use. Start them another way (a strategy with start_method 'spawn' or 'popen', such "
+        "as ddp_spawn or ddp), or create no tensor on the device before runtime.launch()"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -44,6 +45,13 @@ class Precision:
         """Whether :meth:`forward_context`, :meth:`convert_input` or :meth:`convert_output` do
         anything. ``False`` lets the runtime skip them on every step."""
         return False
+
+    def set_scaler_factory(self, factory: Callable[[str], torch.amp.GradScaler]) -> None:
+        """Build this precision's gradient scaler, if it uses one, as ``factory(device_type)``
+        instead of ``torch.amp.GradScaler(device_type)``. Strategies call it from
+        ``Strategy.connect_precision``, before :meth:`bind`: FSDP passes ``ShardedGradScaler``,
+        whose inf/NaN check agrees across the processes' gradient shards. Default: nothing (no
+        scaler)."""
 
     def convert_module(self, module: nn.Module) -> nn.Module:
         """Convert a module's parameters and buffers at setup (e.g. ``module.to(bfloat16)``)."""

@@ -17,11 +17,12 @@ other plugins are unaffected.
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import os
 import re
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -42,6 +43,17 @@ ENV_ALLOW = "SWITCHYARD_PLUGINS"
 ENV_BLOCK = "SWITCHYARD_BLOCK_PLUGINS"
 
 PluginSource = Literal["builtin", "entry-point", "explicit"]
+
+_HOOK_NAMES = tuple(
+    name for name in dir(hookspecs) if name.startswith(f"{hookspecs.PROJECT_NAME}_")
+)
+# hooks whose implementations switchyard calls itself, one plugin at a time, so that one failing
+# plugin cannot hide the others: a pluggy wrapper around them would never run as one
+_CALLED_ONE_BY_ONE = frozenset((*hookspecs.REGISTRATION_HOOKS, "switchyard_runtime_teardown"))
+_HOOK_HINT = (
+    ". The hooks a plugin may implement are documented in switchyard.hookspecs: "
+    + ", ".join(_HOOK_NAMES)
+)
 
 
 @dataclass(frozen=True)
@@ -240,7 +252,46 @@ class PluginRegistry:
         except Exception as error:
             self._fail(info, "register", error)
             return
+        problems = self._hook_problems(plugin)
+        if problems:
+            # a plugin whose hooks switchyard would silently never call (or call wrongly) is
+            # refused whole: half a plugin working is worse than a clear failure
+            self.manager.unregister(plugin)
+            self.failures.append(
+                PluginFailure(info, "register", "; ".join(problems) + _HOOK_HINT, "")
+            )
+            return
         self.plugins[info.name] = info
+
+    def _hook_problems(self, plugin: object) -> list[str]:
+        """What is wrong with a registered plugin's hooks: names no spec defines (misspelt),
+        a known hook's name on a function not marked ``@hookimpl``, and wrappers on hooks that
+        switchyard calls one implementation at a time."""
+        problems = []
+        marked = set()
+        for caller in self.manager.get_hookcallers(plugin) or []:
+            marked.add(caller.name)
+            if caller.spec is None:
+                close = difflib.get_close_matches(caller.name, _HOOK_NAMES, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"{caller.name!r} is not a switchyard hook{hint}")
+                continue
+            if caller.name in _CALLED_ONE_BY_ONE:
+                for impl in caller.get_hookimpls():
+                    if impl.plugin is plugin and (impl.wrapper or impl.hookwrapper):
+                        problems.append(
+                            f"{caller.name!r} is marked as a wrapper (wrapper=True or "
+                            "hookwrapper=True), but switchyard calls each plugin's "
+                            f"{caller.name} on its own and uses what it returns; remove the "
+                            "wrapper option"
+                        )
+        for name in _HOOK_NAMES:
+            if name not in marked and callable(getattr(plugin, name, None)):
+                problems.append(
+                    f"{name!r} is defined but not marked with @switchyard.hookimpl, so "
+                    "switchyard would never call it"
+                )
+        return problems
 
     def _fail(self, info: PluginInfo, stage: str, error: BaseException) -> None:
         self.failures.append(
@@ -288,6 +339,33 @@ class PluginRegistry:
                     continue
                 collected[kind].extend(Registration(e, info) for e in entries)
         return collected
+
+    def env_reports(self) -> list[tuple[PluginInfo, Mapping[str, Any]]]:
+        """Each plugin's ``switchyard_env_report``, called on its own; a plugin that raises or
+        returns something that is not a mapping is recorded in :attr:`failures`."""
+        reports = []
+        for impl in self.manager.hook.switchyard_env_report.get_hookimpls():
+            info = self.plugins.get(impl.plugin_name) or PluginInfo(impl.plugin_name, "explicit")
+            try:
+                report = impl.function()
+            except Exception as error:
+                self._fail(info, "switchyard_env_report", error)
+                continue
+            if report is None:
+                continue
+            if not isinstance(report, Mapping):
+                self.failures.append(
+                    PluginFailure(
+                        info,
+                        "switchyard_env_report",
+                        f"switchyard_env_report must return a mapping or None, got "
+                        f"{type(report).__name__}: {report!r}",
+                        "",
+                    )
+                )
+                continue
+            reports.append((info, report))
+        return reports
 
     def registrations(self, kind: EntryKind) -> list[Registration]:
         """Every entry of ``kind`` registered by a plugin, including conflicting ones."""

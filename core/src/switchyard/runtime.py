@@ -6,7 +6,6 @@ import atexit
 import contextlib
 import functools
 import importlib
-import logging
 import os
 import sys
 import types
@@ -26,10 +25,11 @@ from torch.utils.data import DataLoader
 from switchyard import seed as _seed
 from switchyard.accelerator import Accelerator, DevicesArg
 from switchyard.environment import ClusterEnvironment
+from switchyard.parameters import ParameterNames
 from switchyard.precision import Precision
 from switchyard.registry import PluginRegistry, default_registry
 from switchyard.selection import Plan, select
-from switchyard.strategy import REDUCE_OPS, ReduceOp, Strategy
+from switchyard.strategy import ReduceOp, Strategy, normalize_reduce_op
 from switchyard.wrappers import (
     RuntimeDataLoader,
     RuntimeModule,
@@ -121,6 +121,8 @@ class Runtime:
         self._torn_down = False
         self._failed = False
         self._modules: list[RuntimeModule] = []
+        # one per set-up module: lets setup_optimizers re-point optimizers created before it
+        self._parameter_names: list[ParameterNames] = []
 
     # -- what was chosen ------------------------------------------------------------------
 
@@ -134,7 +136,9 @@ class Runtime:
 
     @property
     def precision(self) -> Precision:
-        return self.plan.precision
+        """The precision the strategy runs with (``Strategy.connect_precision`` may have
+        adapted or replaced the one selected)."""
+        return self.strategy.precision
 
     @property
     def environment(self) -> ClusterEnvironment:
@@ -188,8 +192,10 @@ class Runtime:
         if self._launched:
             raise RuntimeError("runtime.launch() was already called; call it once per Runtime")
         self._launched = True
-        launcher = self.strategy.launcher
-        if launcher is not None and not self.environment.creates_processes_externally:
+        # a scheduler that started the processes leaves nothing to launch (nor to ask of one)
+        external = self.environment.creates_processes_externally
+        launcher = None if external else self.strategy.launcher
+        if launcher is not None:
             if function is None and launcher.requires_function:
                 raise RuntimeError(
                     f"strategy {self.plan.names['strategy']!r} starts its processes with "
@@ -262,7 +268,17 @@ class Runtime:
         if not self._failed and self.world_size > 1:
             # every process reaches the end before any tears its process group down, so no
             # process's exit races the last messages of a peer (gloo aborts or hangs then)
-            self.strategy.barrier("teardown")
+            try:
+                self.strategy.barrier("teardown")
+            except Exception as error:
+                # a peer ended without reaching it (it failed; its own report says why): this
+                # process's run is complete, so tear down and let the launcher report the peer
+                warnings.warn(
+                    f"rank {self.global_rank}: not every process reached the end of the run, "
+                    f"tearing down without them ({type(error).__name__}: {error})",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         try:
             # each plugin on its own, last registered first: one failing must not stop the rest
             for impl in reversed(self.registry.hook.switchyard_runtime_teardown.get_hookimpls()):
@@ -280,16 +296,15 @@ class Runtime:
             self.strategy.teardown()
 
     def _teardown_at_exit(self) -> None:
-        distributed = self.world_size > 1
+        # Only the teardown: the process then ends as its launcher has it. The workers of
+        # switchyard's own torchrun launcher run the script through switchyard.launchers.worker,
+        # which ends them with os._exit once the atexit handlers (this one, the user's, logging's)
+        # have run, before the interpreter's finalization, where gloo's leftover threads can
+        # abort the process. Under torchrun or srun started by the user the interpreter exits
+        # normally, as a raw PyTorch job does.
+        if _exit_failed:
+            self._failed = True
         self.teardown()
-        if distributed:
-            # gloo's threads can outlive destroy_process_group and abort the interpreter's own
-            # exit ("terminate called without an active exception", raw PyTorch included); once
-            # everything is torn down and flushed, end the process before that can happen
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(1 if self._failed else 0)
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -302,37 +317,68 @@ class Runtime:
     ) -> tuple[Any, ...]: ...
 
     def setup(self, module: nn.Module, *optimizers: Optimizer, move_to_device: bool = True) -> Any:
-        """Prepare a module and its optimizers: precision conversion, device placement and the
-        strategy's wrapping. Returns the wrapped module, or ``(module, *optimizers)``.
+        """Prepare a module and its optimizers: the strategy converts the module for the
+        precision, moves it to the device and wraps it (DDP, sharding). Returns the wrapped
+        module, or ``(module, *optimizers)``.
 
-        Create optimizers before calling this, from the module's parameters.
+        Optimizers may be created before this call, from the module's parameters: afterwards
+        they step the parameters the module holds on the device, even where moving or sharding
+        created new ``Parameter`` objects. With a strategy whose engine builds the optimizers
+        from its own configuration, ``model, optimizer = runtime.setup(model)`` returns them.
         """
+        wrapped, prepared = self._setup(module, optimizers, move_to_device)
+        if not prepared:
+            return wrapped
+        return (wrapped, *prepared)
+
+    def _setup(
+        self, module: nn.Module, optimizers: Sequence[Optimizer], move_to_device: bool
+    ) -> tuple[RuntimeModule, list[RuntimeOptimizer]]:
         self._ensure_launched()
         _check_not_set_up(module)
+        for optimizer in optimizers:
+            _check_optimizer(optimizer)
+        strategy = self.strategy
         original = module
-        module = self.precision.convert_module(module)
+        names = ParameterNames(original)
+        module = strategy.convert_module(module)
         if move_to_device:
-            module = self.strategy.module_to_device(module)
-        if optimizers:
-            module, prepared = self.strategy.setup_module_and_optimizers(module, list(optimizers))
-        else:
-            module, prepared = self.strategy.setup_module(module), []
-        result = SetupResult(module=module, optimizers=prepared, original_module=original)
+            module = strategy.module_to_device(module)
+        # the strategy gets optimizers that agree with the module it is given ...
+        for optimizer in optimizers:
+            names.repoint(optimizer, original)
+        names.record(original)
+        module, prepared = strategy.setup_module_and_optimizers(module, list(optimizers))
+        # ... and whatever it replaced while wrapping, the user's optimizers follow
+        for optimizer in prepared:
+            names.repoint(optimizer, original)
+        self._parameter_names.append(names)
+        result = SetupResult(module=module, optimizers=list(prepared), original_module=original)
         self.registry.hook.switchyard_post_setup(runtime=self, setup=result)
-        wrapped = RuntimeModule(result.module, self.precision, original)
+        wrapped = RuntimeModule(result.module, strategy.precision, original)
         self._modules.append(wrapped)
-        if not optimizers:
-            return wrapped
-        return (wrapped, *(RuntimeOptimizer(o, self.strategy) for o in result.optimizers))
+        return wrapped, [RuntimeOptimizer(o, strategy) for o in result.optimizers]
 
     def setup_module(self, module: nn.Module, move_to_device: bool = True) -> RuntimeModule:
-        """Prepare a module on its own (for instance one that has no optimizer)."""
-        return self.setup(module, move_to_device=move_to_device)
+        """Prepare a module on its own (for instance one that has no optimizer, or whose
+        optimizers are set up later with :meth:`setup_optimizers`)."""
+        wrapped, prepared = self._setup(module, (), move_to_device)
+        if prepared:
+            raise RuntimeError(
+                f"strategy {self.plan.names['strategy']!r} built {len(prepared)} optimizer(s) "
+                "for this module from its own configuration; use "
+                "'model, optimizer = runtime.setup(model)' to receive them"
+            )
+        return wrapped
 
     def setup_optimizers(self, *optimizers: Optimizer) -> Any:
         """Prepare optimizers whose module was set up on its own, with :meth:`setup_module`.
         Returns one optimizer, or a tuple of them."""
         self._ensure_launched()
+        for optimizer in optimizers:
+            _check_optimizer(optimizer)
+            for names in self._parameter_names:
+                names.repoint(optimizer)
         prepared = [
             RuntimeOptimizer(self.strategy.setup_optimizer(o), self.strategy) for o in optimizers
         ]
@@ -409,9 +455,9 @@ class Runtime:
         return None
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """The precision's forward context, for computation outside the set-up module's forward
-        (a loss computed on the outputs, say)."""
-        return self.precision.forward_context()
+        """The forward context of the strategy's precision, for computation outside the set-up
+        module's forward (a loss computed on the outputs, say)."""
+        return self.strategy.precision.forward_context()
 
     def no_backward_sync(
         self, module: nn.Module, enabled: bool = True
@@ -457,9 +503,7 @@ class Runtime:
     def all_reduce(self, data: Any, op: ReduceOp = "mean") -> Any:
         """Reduce tensors (or numbers) in a nested structure across processes: ``"sum"``,
         ``"mean"``, ``"max"``, ``"min"`` or ``"product"``."""
-        normalized = op.lower() if isinstance(op, str) else op
-        if normalized not in REDUCE_OPS:
-            raise ValueError(f"all_reduce op={op!r} is not one of {', '.join(REDUCE_OPS)}")
+        normalized = normalize_reduce_op(op)
         return tree_map(
             lambda x: self.strategy.all_reduce(_as_tensor(x, self.device), op=normalized), data
         )
@@ -534,6 +578,21 @@ def _run_in_process(runtime: Runtime, function: Callable[..., T], *args: Any, **
         runtime.teardown()
 
 
+_exit_failed = False
+"""Whether this process is ending with a non-zero status that no uncaught exception explains
+(``sys.exit(3)``); set through :func:`_exiting_with_failure`."""
+
+
+def _exiting_with_failure() -> None:
+    """Called by switchyard's worker entry point (``switchyard.launchers.worker``) before the
+    atexit handlers run when the program ends with a non-zero status: the teardown at exit then
+    skips its barrier, as after an uncaught exception, instead of waiting for peers that may be
+    busy in a collective. (The interpreter itself tells an atexit handler nothing about the
+    status it exits with.)"""
+    global _exit_failed
+    _exit_failed = True
+
+
 def _name_rank_in_tracebacks(runtime: Runtime) -> None:
     """Make an uncaught exception say which process raised it (with several processes writing
     to one terminal, a bare traceback does not tell), and mark the runtime as failed so that its
@@ -565,6 +624,19 @@ def _only_once(name: str, current: Any, plugin: Any) -> Any:
             f"{name} was given twice: {name}={current!r} and plugins=[{plugin!r}]; pass one"
         )
     return plugin
+
+
+def _check_optimizer(optimizer: Optimizer) -> None:
+    if isinstance(optimizer, RuntimeOptimizer):
+        raise ValueError(
+            "this optimizer was already set up by the runtime; pass the original optimizer "
+            "(optimizer.optimizer) or keep using the set-up one"
+        )
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(
+            f"runtime.setup takes torch.optim.Optimizer instances after the module, got "
+            f"{type(optimizer).__name__}: {optimizer!r}"
+        )
 
 
 def _check_not_set_up(module: nn.Module) -> None:

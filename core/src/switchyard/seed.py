@@ -5,13 +5,29 @@ from __future__ import annotations
 import os
 import random
 import sys
-from typing import Any
+import weakref
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from switchyard.accelerator import Accelerator
 
 _MAX_SEED = 2**32 - 1
 ENV_SEED = "SWITCHYARD_GLOBAL_SEED"
 ENV_SEED_WORKERS = "SWITCHYARD_SEED_WORKERS"
+
+# the accelerators of this process's runtimes, whose generators torch.manual_seed may not reach
+_accelerators: weakref.WeakSet[Accelerator] = weakref.WeakSet()
+
+
+def track_accelerator(accelerator: Accelerator) -> None:
+    """Let :func:`seed_everything` seed ``accelerator``'s devices from now on, and seed them now
+    if a global seed was set before the device was (in the launcher, say). Called by
+    ``Strategy.setup_environment`` in every process."""
+    _accelerators.add(accelerator)
+    if ENV_SEED in os.environ:
+        accelerator.manual_seed(int(os.environ[ENV_SEED]))
 
 
 def seed_everything(seed: int | None = None, workers: bool = False) -> int:
@@ -33,7 +49,9 @@ def seed_everything(seed: int | None = None, workers: bool = False) -> int:
     numpy = sys.modules.get("numpy")  # seed NumPy only if the program uses it; never import it
     if numpy is not None:
         numpy.random.seed(seed)
-    torch.manual_seed(seed)  # seeds every device's generator too
+    torch.manual_seed(seed)  # seeds the generators of every device type torch registers
+    for accelerator in list(_accelerators):
+        accelerator.manual_seed(seed)
     return seed
 
 

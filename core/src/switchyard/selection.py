@@ -110,7 +110,14 @@ def select(
         precision_name = precision_reg.entry.name
 
     strat, strategy_name = _select_strategy(
-        registry, strategy, accel_name, precision_name, world_size, nodes, len(indices)
+        registry,
+        strategy,
+        accel_name,
+        type(accel),
+        precision_name,
+        world_size,
+        nodes,
+        len(indices),
     )
     _check_precision(precision_reg, precision_name, prec, accel, accel_name)
     env.validate_settings(num_devices=len(indices), num_nodes=nodes)
@@ -125,7 +132,8 @@ def select(
     return Plan(
         accelerator=accel,
         strategy=strat,
-        precision=prec,
+        # what the strategy runs with: connect_precision may have adapted or replaced it
+        precision=strat.precision,
         environment=env,
         device_indices=indices,
         num_nodes=nodes,
@@ -238,6 +246,7 @@ def _select_accelerator(
         return _auto_accelerator(registry)
     registration = _lookup(registry, "accelerator", name)
     cls = _load_class(registration)
+    _check_device_type(cls, registration)
     reason = cls.unavailable_reason()
     if reason is not None:
         usable = [n for n, _ in _usable_accelerators(registry)]
@@ -246,6 +255,16 @@ def _select_accelerator(
             f"Usable here: {', '.join(usable) or 'none'}; pass accelerator='auto' to pick the best."
         )
     return registration.entry.create(), registration.entry.name
+
+
+def _check_device_type(cls: Any, registration: Registration) -> None:
+    device_type = getattr(cls, "device_type", None)
+    if not isinstance(device_type, str) or not device_type:
+        raise SelectionError(
+            f"accelerator {registration.name!r} from plugin {registration.plugin.describe()} "
+            f"declares no device_type (got {device_type!r}); its Accelerator class must set "
+            "device_type to a torch.device type string such as 'cpu'"
+        )
 
 
 def _usable_accelerators(registry: PluginRegistry) -> list[tuple[str, Registration]]:
@@ -278,14 +297,24 @@ def _auto_accelerator(registry: PluginRegistry) -> tuple[Accelerator, str]:
     return registration.entry.create(), name
 
 
-def strategy_supports(entry: StrategyEntry, accelerator: str, precision: str) -> str | None:
-    """``None`` if the strategy entry declares support for this accelerator and precision,
-    otherwise a sentence saying what it does support."""
+def strategy_supports(
+    entry: StrategyEntry,
+    accelerator: str,
+    precision: str,
+    accelerator_class: type[Accelerator] | None = None,
+) -> str | None:
+    """``None`` if the strategy entry can run with this accelerator and precision, otherwise a
+    sentence saying why not: what the entry declares it supports, and what it needs of the
+    accelerator class (a ``torch.distributed`` backend, sharding collectives)."""
     if entry.accelerators is not None and accelerator not in entry.accelerators:
         return (
             f"strategy {entry.name!r} supports accelerators {', '.join(entry.accelerators)}, "
             f"not {accelerator!r}"
         )
+    if accelerator_class is not None:
+        problem = accelerator_capability_problem(entry, accelerator, accelerator_class)
+        if problem is not None:
+            return problem
     if entry.precisions is not None and precision not in entry.precisions:
         return (
             f"strategy {entry.name!r} supports precisions {', '.join(entry.precisions)}, "
@@ -294,16 +323,39 @@ def strategy_supports(entry: StrategyEntry, accelerator: str, precision: str) ->
     return None
 
 
+def accelerator_capability_problem(
+    entry: StrategyEntry, accelerator: str, accelerator_class: type[Accelerator]
+) -> str | None:
+    """Why the accelerator's declared capabilities cannot carry the strategy entry, or ``None``."""
+    if entry.distributed and accelerator_class.process_group_backend() is None:
+        return (
+            f"strategy {entry.name!r} runs one process per device talking through "
+            f"torch.distributed, but accelerator {accelerator!r} declares no process group "
+            f"backend for {accelerator_class.device_type!r} tensors (its distributed_backend "
+            "is None, or torch.distributed registers no backend that takes them), so it "
+            "runs one process on one device"
+        )
+    if entry.sharded and not accelerator_class.supports_sharding:
+        return (
+            f"strategy {entry.name!r} shards parameters with all-gather and reduce-scatter, "
+            f"which accelerator {accelerator!r} declares it does not support "
+            "(supports_sharding=False)"
+        )
+    return None
+
+
 def _select_strategy(
     registry: PluginRegistry,
     value: str | Strategy,
     accelerator: str,
+    accelerator_class: type[Accelerator],
     precision: str,
     world_size: int,
     num_nodes: int,
     num_devices: int,
 ) -> tuple[Strategy, str]:
     if isinstance(value, Strategy):
+        # an instance checks what it needs of the accelerator in bind()
         return value, getattr(value, "name", type(value).__name__)
     if not isinstance(value, str):
         raise SelectionError(
@@ -311,49 +363,54 @@ def _select_strategy(
         )
     name = value.strip().lower()
     distributed = world_size > 1
+    # every registered strategy entry (registrations of kind "strategy" hold StrategyEntry)
+    entries: list[StrategyEntry] = [
+        r.entry for r in registry.registrations("strategy") if isinstance(r.entry, StrategyEntry)
+    ]
+
+    def fits(entry: StrategyEntry) -> bool:
+        return strategy_supports(entry, accelerator, precision, accelerator_class) is None
+
     if name == "auto":
         candidates = [
-            r
-            for r in registry.registrations("strategy")
-            if isinstance(r.entry, StrategyEntry)
-            and r.entry.distributed == distributed
-            and strategy_supports(r.entry, accelerator, precision) is None
-            and not r.entry.missing_requirements()
+            e
+            for e in entries
+            if e.distributed == distributed and fits(e) and not e.missing_requirements()
         ]
         if not candidates:
             what = f"{num_devices} devices x {num_nodes} nodes" if distributed else "one device"
-            hint = f" Install DDP: {first_party.install_command('ddp')}." if distributed else ""
+            if distributed and accelerator_class.process_group_backend() is None:
+                hint = (
+                    f" Accelerator {accelerator!r} declares no torch.distributed backend, so "
+                    "it cannot run several processes: pass devices=1 (and num_nodes=1)."
+                )
+            elif distributed:
+                hint = f" Install DDP: {first_party.install_command('ddp')}."
+            else:
+                hint = ""
             raise SelectionError(
                 f"strategy='auto' found no installed strategy for accelerator {accelerator!r} "
                 f"with precision {precision!r} on {what}. Installed strategies: "
                 f"{', '.join(registry.names('strategy')) or 'none'}.{hint}"
             )
-        best = max(candidates, key=lambda r: r.entry.priority)
-        return best.entry.create(), best.entry.name
+        best = max(candidates, key=lambda e: e.priority)
+        return best.create(), best.name
     registration = _lookup(registry, "strategy", name)
     entry = registration.entry
     assert isinstance(entry, StrategyEntry)
-    problem = strategy_supports(entry, accelerator, precision)
+    problem = strategy_supports(entry, accelerator, precision, accelerator_class)
     if problem is not None:
-        alternatives = [
-            r.entry.name
-            for r in registry.registrations("strategy")
-            if isinstance(r.entry, StrategyEntry)
-            and strategy_supports(r.entry, accelerator, precision) is None
-            and r.entry.distributed == entry.distributed
-        ]
+        alternatives = sorted(
+            e.name for e in entries if fits(e) and e.distributed == entry.distributed
+        )
+        if not alternatives and entry.distributed:
+            alternatives = sorted(e.name for e in entries if fits(e))
         raise SelectionError(
-            f"{problem}. Strategies that support accelerator {accelerator!r} with precision "
+            f"{problem}. Strategies that can run on accelerator {accelerator!r} with precision "
             f"{precision!r}: {', '.join(alternatives) or 'none installed'}."
         )
     if distributed and not entry.distributed:
-        fitting = sorted(
-            r.entry.name
-            for r in registry.registrations("strategy")
-            if isinstance(r.entry, StrategyEntry)
-            and r.entry.distributed
-            and strategy_supports(r.entry, accelerator, precision) is None
-        )
+        fitting = sorted(e.name for e in entries if e.distributed and fits(e))
         use = (
             f"Use a distributed strategy ({', '.join(fitting)})"
             if fitting

@@ -14,6 +14,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from switchyard import checkpoint
+from switchyard import seed as _seed
 from switchyard.accelerator import Accelerator
 from switchyard.environment import ClusterEnvironment
 from switchyard.launcher import Launcher
@@ -25,7 +26,18 @@ ReduceOp = str
 """``"sum"``, ``"mean"``, ``"max"``, ``"min"`` or ``"product"``."""
 
 REDUCE_OPS: tuple[ReduceOp, ...] = ("sum", "mean", "max", "min", "product")
-"""The reductions every strategy's :meth:`Strategy.all_reduce` supports, spelled lower-case."""
+"""The reductions every strategy's :meth:`Strategy.all_reduce` supports, spelled lower-case:
+``runtime.all_reduce`` passes the strategy one of these, through :func:`normalize_reduce_op`."""
+
+
+def normalize_reduce_op(op: str) -> ReduceOp:
+    """``op`` as :data:`REDUCE_OPS` spells it (case does not matter), or a ``ValueError`` that
+    says what was asked and what is valid."""
+    normalized = op.lower() if isinstance(op, str) else op
+    if normalized not in REDUCE_OPS:
+        valid = ", ".join(repr(name) for name in REDUCE_OPS)
+        raise ValueError(f"all_reduce op={op!r} is not one of {valid} (in any case)")
+    return normalized
 
 
 def filter_state(
@@ -45,6 +57,14 @@ class Strategy(ABC):
     :meth:`bind`. In every process, :meth:`setup_environment` then runs once, after any launch.
     Defaults here are those of one process driving one device; a distributed strategy overrides
     :attr:`launcher`, :meth:`setup_environment`, the collectives and :meth:`setup_module`.
+
+    The strategy owns the training step. The runtime never applies the user's precision itself:
+    it converts modules with :meth:`convert_module`, runs forward under what
+    ``strategy.precision`` (the precision :meth:`connect_precision` returned) provides, and sends
+    ``backward`` and ``optimizer.step()`` through :meth:`backward` and :meth:`optimizer_step`.
+    An engine that owns mixed precision and loss scaling (DeepSpeed) replaces the precision in
+    :meth:`connect_precision` and those two methods; one that builds optimizers from its own
+    configuration returns them from :meth:`setup_module_and_optimizers`.
     """
 
     accelerator: Accelerator
@@ -63,12 +83,26 @@ class Strategy(ABC):
         devices: Sequence[torch.device],
         num_nodes: int,
     ) -> None:
-        """Attach the pieces selection chose. Called once, before :meth:`setup_environment`."""
+        """Attach the pieces selection chose. Called once, before any process starts and before
+        :meth:`setup_environment`; raise :class:`~switchyard.SelectionError` here for a
+        combination this strategy cannot run (it reaches the user before anything starts)."""
         self.accelerator = accelerator
-        self.precision = precision
         self.environment = environment
         self.devices = list(devices)
         self.num_nodes = num_nodes
+        self.precision = self.connect_precision(precision)
+
+    def connect_precision(self, precision: Precision) -> Precision:
+        """Return the precision this strategy runs with, given the one the user selected.
+        Called by :meth:`bind`, once the accelerator and devices are known.
+
+        Default: the user's precision, unchanged. A strategy adapts it here (FSDP makes a
+        gradient scaler agree across shards through :meth:`Precision.set_scaler_factory`) or
+        replaces it with its own (an engine that casts parameters and scales the loss itself
+        returns a precision whose forward only converts inputs). ``runtime.precision`` is what
+        this returns.
+        """
+        return precision
 
     # -- processes ------------------------------------------------------------------------
 
@@ -107,6 +141,7 @@ class Strategy(ABC):
         """Prepare this process: select its device, create the process group. Called once per
         process after launch, before anything is set up."""
         self.accelerator.setup_device(self.root_device)
+        _seed.track_accelerator(self.accelerator)
         self.precision.bind(self.root_device)
 
     def teardown(self) -> None:
@@ -127,11 +162,23 @@ class Strategy(ABC):
         stack.enter_context(self.precision.module_init_context())
         return stack
 
+    def convert_module(self, module: nn.Module) -> nn.Module:
+        """Convert a module's parameters for the precision, at setup, before
+        :meth:`module_to_device`. Default: ``self.precision.convert_module(module)``."""
+        return self.precision.convert_module(module)
+
     def setup_module_and_optimizers(
         self, module: nn.Module, optimizers: Sequence[Optimizer]
     ) -> tuple[nn.Module, list[Optimizer]]:
-        """Prepare a module and its optimizers together. Strategies that must see both at once
-        (DeepSpeed) override this; the default sets each up on its own."""
+        """Prepare a module and its optimizers together; return the module to run and the
+        optimizers to step. Strategies that must see both at once (DeepSpeed) override this.
+
+        ``optimizers`` may be empty (``runtime.setup(model)``): an engine that builds its
+        optimizers from its own configuration returns them here, and the user receives them.
+        When this is called, the optimizers already point at the parameters the module holds
+        on the device; a strategy that replaces parameters (sharding) must re-point them
+        (:class:`switchyard.parameters.ParameterNames` does it by name). Default: each set up
+        on its own."""
         module = self.setup_module(module)
         return module, [self.setup_optimizer(optimizer) for optimizer in optimizers]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import types
@@ -23,6 +22,7 @@ from torch import nn
 
 from switchyard import AcceleratorEntry, Runtime, SelectionError, hookimpl
 from switchyard.accelerator import Accelerator
+from switchyard.testing.subprocesses import child_environment
 
 HERE = Path(__file__).parent
 TIMEOUT = 180
@@ -32,21 +32,15 @@ LOSS_TOLERANCE = 1e-5
 (or differently reduced) data: float32 summation order only (observed differences: ~2e-7)."""
 
 
-def _env() -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("SWITCHYARD_")
-        and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    }
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
 def _run(command: list[str]) -> None:
     try:
         result = subprocess.run(
-            command, cwd=HERE, env=_env(), capture_output=True, text=True, timeout=TIMEOUT
+            command,
+            cwd=HERE,
+            env=child_environment({"OMP_NUM_THREADS": "1"}),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
         )
     except subprocess.TimeoutExpired as error:
         pytest.fail(f"{command} did not finish in {TIMEOUT} s:\n{error.stderr}")
@@ -248,23 +242,43 @@ def _fake_mps_plugin() -> types.ModuleType:
     plugin = types.ModuleType("fake_mps_plugin")
 
     def switchyard_accelerators() -> list[AcceleratorEntry]:
-        return [AcceleratorEntry(name="fakemps", factory=_FakeMPS)]
+        return [
+            AcceleratorEntry(name="fakemps", factory=_FakeMPS),
+            AcceleratorEntry(name="fakeflat", factory=_FakeFlat),
+        ]
 
     plugin.switchyard_accelerators = hookimpl(switchyard_accelerators)  # type: ignore[attr-defined]
     return plugin
 
 
+class _FakeFlat(_FakeMPS):
+    """A fake device (no such hardware here) with a process group backend but no sharding."""
+
+    distributed_backend: ClassVar[str | None] = "gloo"
+    supports_sharding: ClassVar[bool] = False
+
+
 def test_unsupported_accelerator_fails_at_selection():
-    with pytest.raises(SelectionError, match=r"supports accelerators cpu, cuda, rocm, xpu"):
+    # what the accelerator declares decides, not a list of device names in the FSDP plugin
+    with pytest.raises(SelectionError, match=r"declares no process group backend for 'mps'"):
         Runtime(accelerator="fakemps", strategy="fsdp", devices=2, plugins=[_fake_mps_plugin()])
+    with pytest.raises(SelectionError, match=r"supports_sharding=False"):
+        Runtime(accelerator="fakeflat", strategy="fsdp", devices=2, plugins=[_fake_mps_plugin()])
 
 
 def test_unsupported_accelerator_fails_for_an_instance_too():
     from switchyard_fsdp import FSDPStrategy
 
-    with pytest.raises(SelectionError, match=r"cannot run on 'mps' devices"):
+    with pytest.raises(SelectionError, match=r"declares no process group backend for 'mps'"):
         Runtime(
             accelerator="fakemps",
+            strategy=FSDPStrategy(),
+            devices=2,
+            plugins=[_fake_mps_plugin()],
+        )
+    with pytest.raises(SelectionError, match=r"supports_sharding=False"):
+        Runtime(
+            accelerator="fakeflat",
             strategy=FSDPStrategy(),
             devices=2,
             plugins=[_fake_mps_plugin()],
@@ -307,15 +321,15 @@ def test_16_mixed_uses_a_sharded_grad_scaler():
     from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
     runtime = Runtime(accelerator="cpu", strategy="fsdp", devices=2, precision="16-mixed")
+    state = {"scale": 128.0, "growth_factor": 3.0, "backoff_factor": 0.25, "growth_interval": 7}
+    # a checkpoint restored before setup: kept until the scaler exists
+    runtime.precision.load_state_dict({**state, "_growth_tracker": 2})
     runtime.precision.bind(torch.device("cpu"))  # what setup_environment does first
     scaler = runtime.precision.scaler
-    assert type(scaler) is torch.amp.GradScaler
-    state = {"scale": 128.0, "growth_factor": 3.0, "backoff_factor": 0.25, "growth_interval": 7}
-    scaler.load_state_dict({**state, "_growth_tracker": 2})
-    runtime.strategy._use_sharded_grad_scaler()
-    sharded = runtime.precision.scaler
-    assert isinstance(sharded, ShardedGradScaler)
-    assert sharded.state_dict() == {**state, "_growth_tracker": 2}  # nothing lost in the swap
+    # the strategy chose the scaler class through the precision (connect_precision), so the
+    # precision's own scaler is the sharded one from the start
+    assert type(scaler) is ShardedGradScaler
+    assert scaler.state_dict() == {**state, "_growth_tracker": 2}
 
 
 @pytest.mark.parametrize(
@@ -355,49 +369,17 @@ def test_wrap_policies_select_submodules_children_first():
     assert FSDPStrategy()._wrap_targets(net) == []
 
 
-def test_replacing_a_checkpoint_directory_keeps_the_old_one_until_the_new_one_is_in_place(
-    tmp_path, monkeypatch
-):
-    from switchyard_fsdp import strategy as fsdp_strategy
-
-    path = tmp_path / "ckpt"
-    path.mkdir()
-    (path / "old").write_text("old")
-    new = tmp_path / ".ckpt.tmp-1"
-    new.mkdir()
-    (new / "new").write_text("new")
-    fsdp_strategy._replace_directory(new, path)
-    assert [p.name for p in path.iterdir()] == ["new"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
-
-    # a failure while renaming the new one into place puts the old one back
-    newer = tmp_path / ".ckpt.tmp-2"
-    newer.mkdir()
-    real_replace = os.replace
-
-    def failing_replace(src: Any, dst: Any) -> None:
-        if Path(src) == newer:
-            raise OSError("disk gone")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(fsdp_strategy.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk gone"):
-        fsdp_strategy._replace_directory(newer, path)
-    assert [p.name for p in path.iterdir()] == ["new"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".ckpt.tmp-2", "ckpt"]
-
-
 def test_optimizer_state_dict_key_conversion_round_trips():
-    from switchyard_fsdp import strategy as fsdp_strategy
+    from switchyard_fsdp import checkpoint as fsdp_checkpoint
 
     named = {
         "state": {"a.weight": {"step": 1}, "b.bias": {"step": 2}},
         "param_groups": [{"lr": 0.1, "params": ["a.weight"]}, {"lr": 0.2, "params": ["b.bias"]}],
     }
-    indexed = fsdp_strategy._names_to_index(named)
+    indexed = fsdp_checkpoint.names_to_index(named)
     assert indexed == {
         "state": {0: {"step": 1}, 1: {"step": 2}},
         "param_groups": [{"lr": 0.1, "params": [0]}, {"lr": 0.2, "params": [1]}],
     }
-    assert fsdp_strategy._keyed_by_index(indexed)
-    assert not fsdp_strategy._keyed_by_index(named)
+    assert fsdp_checkpoint.keyed_by_index(indexed)
+    assert not fsdp_checkpoint.keyed_by_index(named)

@@ -6,7 +6,8 @@ Registered through the same public hooks as any third-party plugin, under the pl
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from switchyard.entries import EnvironmentEntry, PrecisionEntry, StrategyEntry
 from switchyard.hookspecs import hookimpl
@@ -68,48 +69,70 @@ def switchyard_precisions() -> Iterator[PrecisionEntry]:
     )
 
 
-_ENVIRONMENTS = "switchyard.builtin.environments"
+_ENVIRONMENTS = "switchyard.builtin.environments"  # one module per scheduler
 
 
 @hookimpl
 def switchyard_environments() -> Iterator[EnvironmentEntry]:
     # Among detected environments the highest priority wins; the innermost launcher must win
     # (torchrun inside srun, mpirun inside an allocation). The table and its reasons are in
-    # switchyard.builtin.environments.
+    # switchyard.builtin.environments (the package's docstring).
     yield EnvironmentEntry(
         name="torchelastic",
-        factory=f"{_ENVIRONMENTS}:TorchElasticEnvironment",
+        factory=f"{_ENVIRONMENTS}.torchelastic:TorchElasticEnvironment",
         description="Processes started by torchrun (torch.distributed.elastic)",
         priority=100,
         aliases=("torchrun",),
     )
     yield EnvironmentEntry(
         name="lsf",
-        factory=f"{_ENVIRONMENTS}:LSFEnvironment",
+        factory=f"{_ENVIRONMENTS}.lsf:LSFEnvironment",
         description="IBM Spectrum LSF jobs started with jsrun",
         priority=80,
     )
     yield EnvironmentEntry(
         name="mpi",
-        factory=f"{_ENVIRONMENTS}:MPIEnvironment",
+        factory=f"{_ENVIRONMENTS}.mpi:MPIEnvironment",
         description="Processes started by mpirun (Open MPI, MPICH, Intel MPI)",
         priority=70,
     )
     yield EnvironmentEntry(
         name="slurm",
-        factory=f"{_ENVIRONMENTS}:SLURMEnvironment",
+        factory=f"{_ENVIRONMENTS}.slurm:SLURMEnvironment",
         description="Slurm jobs started with srun, one task per device",
         priority=60,
     )
     yield EnvironmentEntry(
         name="kubeflow",
-        factory=f"{_ENVIRONMENTS}:KubeflowEnvironment",
+        factory=f"{_ENVIRONMENTS}.kubeflow:KubeflowEnvironment",
         description="Kubeflow PyTorchJob pods, one node each; switchyard starts the processes",
         priority=20,
     )
     yield EnvironmentEntry(
         name="local",
-        factory=f"{_ENVIRONMENTS}:LocalEnvironment",
+        factory=f"{_ENVIRONMENTS}.local:LocalEnvironment",
         description="This machine; switchyard starts the processes",
         priority=0,
     )
+
+
+@hookimpl
+def switchyard_env_report() -> Mapping[str, Any]:
+    # what torch.distributed and the built-in cluster environments read to lay a job out
+    return {
+        "variables": (
+            "MASTER_ADDR",
+            "MASTER_PORT",
+            "WORLD_SIZE",
+            "RANK",
+            "LOCAL_RANK",
+            "LOCAL_WORLD_SIZE",
+            "NODE_RANK",
+            "GROUP_RANK",
+            "TORCHELASTIC_",
+            "SLURM_",
+            "LSB_",
+            "OMPI_COMM_WORLD_",
+            "PMI_",
+        )
+    }

@@ -5,7 +5,7 @@ from the device the runtime binds."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -110,17 +110,21 @@ class MixedPrecision(Precision):
             )
         self.name = "16-mixed" if self.compute_dtype == torch.float16 else "bf16-mixed"
         self._scaler_arg = scaler
+        self._scaler_factory: Callable[[str], torch.amp.GradScaler] = torch.amp.GradScaler
         self.scaler: torch.amp.GradScaler | None = None
         # scaler state loaded before bind() created the scaler (a checkpoint restored before
         # setup); applied when it is created instead of being dropped
         self._pending_state: dict[str, Any] | None = None
+
+    def set_scaler_factory(self, factory: Callable[[str], torch.amp.GradScaler]) -> None:
+        self._scaler_factory = factory
 
     def bind(self, device: torch.device) -> None:
         super().bind(device)
         if isinstance(self._scaler_arg, torch.amp.GradScaler):
             self.scaler = self._scaler_arg
         elif self._uses_scaler():
-            self.scaler = torch.amp.GradScaler(device.type)
+            self.scaler = self._scaler_factory(device.type)
         if self.scaler is not None and self._pending_state:
             self.scaler.load_state_dict(self._pending_state)
         self._pending_state = None

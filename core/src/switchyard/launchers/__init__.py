@@ -2,7 +2,8 @@
 
 :class:`TorchrunLauncher` re-runs the user's script through ``torch.distributed.run`` (what the
 ``torchrun`` command runs); :class:`MultiprocessingLauncher` runs a function in processes started
-by ``torch.multiprocessing``.
+by ``torch.multiprocessing``. Every worker of the former runs the script through
+:mod:`switchyard.launchers.worker`, which also decides how the worker ends.
 """
 
 from switchyard.launchers.multiprocessing import MultiprocessingLauncher

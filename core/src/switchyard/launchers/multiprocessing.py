@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import start_processes
 
 from switchyard.launcher import Launcher
-
-if TYPE_CHECKING:
-    from switchyard.parallel import ParallelStrategy
 
 
 class MultiprocessingLauncher(Launcher):
@@ -22,13 +19,35 @@ class MultiprocessingLauncher(Launcher):
 
     ``spawn`` pickles the function and its arguments (the runtime included); ``fork`` works in
     notebooks but not once an accelerator that forbids forking has been initialized.
+
+    Args:
+        start_method: ``"spawn"``, ``"fork"`` or ``"forkserver"``.
+        num_processes: processes to start on this node, local ranks ``0..num_processes - 1``.
+        num_nodes: nodes of the job, each running ``num_processes``.
+        node_rank: this node's index; its processes have global ranks from
+            ``node_rank * num_processes``.
+        main_address, main_port: the rendezvous on node 0, exported to every process as
+            ``MASTER_ADDR``/``MASTER_PORT``.
     """
 
     requires_function = True
 
-    def __init__(self, strategy: ParallelStrategy, start_method: str) -> None:
-        self.strategy = strategy
+    def __init__(
+        self,
+        start_method: str,
+        *,
+        num_processes: int,
+        num_nodes: int,
+        node_rank: int,
+        main_address: str,
+        main_port: int,
+    ) -> None:
         self.start_method = start_method
+        self.num_processes = num_processes
+        self.num_nodes = num_nodes
+        self.node_rank = node_rank
+        self.main_address = main_address
+        self.main_port = main_port
         self.is_interactive_compatible = start_method == "fork"
 
     def launch(self, function: Callable[..., Any] | None, *args: Any, **kwargs: Any) -> Any:
@@ -37,21 +56,19 @@ class MultiprocessingLauncher(Launcher):
                 f"start method {self.start_method!r} needs the function to run in each process: "
                 "runtime.launch(main)"
             )
-        strategy = self.strategy
-        env = strategy.environment
         variables = {
-            "MASTER_ADDR": env.main_address,
-            "MASTER_PORT": str(env.main_port),
-            "NODE_RANK": str(env.node_rank()),
-            "WORLD_SIZE": str(strategy.num_processes * strategy.num_nodes),
-            "LOCAL_WORLD_SIZE": str(strategy.num_processes),
+            "MASTER_ADDR": self.main_address,
+            "MASTER_PORT": str(self.main_port),
+            "NODE_RANK": str(self.node_rank),
+            "WORLD_SIZE": str(self.num_processes * self.num_nodes),
+            "LOCAL_WORLD_SIZE": str(self.num_processes),
         }
         context = mp.get_context(self.start_method)
         results = context.SimpleQueue()
         start_processes(
             _worker,
-            args=(variables, strategy.num_processes, function, args, kwargs, results),
-            nprocs=strategy.num_processes,
+            args=(variables, self.num_processes, function, args, kwargs, results),
+            nprocs=self.num_processes,
             start_method=self.start_method,
             join=True,
         )

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
+import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
-from switchyard.environment import ClusterEnvironment
+from switchyard.environment import DEFAULT_MAIN_PORT, ClusterEnvironment
 from switchyard.errors import SelectionError
 from switchyard.launcher import Launcher
+from switchyard.launchers.worker import EXIT_TIMES_VARIABLE
 
-DEFAULT_MAIN_PORT = 29500
-"""torchrun's default rendezvous port, used for multi-node jobs when none is given."""
+WORKER_ENTRY = str(Path(__file__).with_name("worker.py"))
+"""The program every worker runs, by its path: :mod:`switchyard.launchers.worker`, which runs
+the user's script and ends the process cleanly."""
 
 
 def script_command(argv: Sequence[str] | None = None) -> list[str]:
@@ -60,7 +65,9 @@ def torchrun_arguments(
     main_port: int | None,
     command: Sequence[str],
 ) -> list[str]:
-    """The ``torchrun`` command line (without the program name) for this job."""
+    """The ``torchrun`` command line (without the program name) for this job. ``command`` is
+    the program as ``python`` takes it (``script.py ARGS...`` or ``-m package ARGS...``); every
+    worker runs it through :mod:`switchyard.launchers.worker`."""
     args = ["--nproc-per-node", str(num_processes), "--max-restarts", "0"]
     if num_nodes == 1:
         if main_port is None:
@@ -95,11 +102,14 @@ def torchrun_arguments(
             "--master-port",
             str(main_port or DEFAULT_MAIN_PORT),
         ]
-    return [*args, *command]
+    return [*args, WORKER_ENTRY, *command]
 
 
 def run_torchrun(arguments: Sequence[str]) -> int:
-    """Run ``torchrun`` in this process; return 0, or 1 after printing which rank failed."""
+    """Run ``torchrun`` in this process and return the job's exit status: 0, or that of the
+    worker that failed first (128 + N for one killed by signal N) after printing which ranks
+    failed; 128 + N when this process is stopped by signal N (torchrun stops the workers)."""
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -108,18 +118,76 @@ def run_torchrun(arguments: Sequence[str]) -> int:
         # share the cores between the processes; torchrun's own default is one thread each
         local = max(int(parsed.nproc_per_node), 1)
         os.environ["OMP_NUM_THREADS"] = str(max((os.cpu_count() or 1) // local, 1))
-    try:
-        run(parsed)
-    except ChildFailedError as error:
-        failures = sorted(error.failures.items())
-        ranks = ", ".join(f"rank {rank} (exit code {f.exitcode})" for rank, f in failures)
-        print(
-            f"switchyard: the job failed: {ranks}. The failing process's traceback is printed "
-            "above; torchrun's report follows.\n" + error.format_msg(),
-            file=sys.stderr,
-        )
-        return 1
+    previous = os.environ.get(EXIT_TIMES_VARIABLE)
+    with tempfile.TemporaryDirectory(prefix="switchyard-exits-") as exit_times:
+        os.environ[EXIT_TIMES_VARIABLE] = exit_times  # the workers inherit it
+        try:
+            run(parsed)
+        except ChildFailedError as error:
+            rank, status = first_failure(error.failures, Path(exit_times))
+            ranks = ", ".join(
+                f"rank {r} (exit code {f.exitcode})" for r, f in sorted(error.failures.items())
+            )
+            cause = ""
+            if len(error.failures) > 1:
+                cause = f", from rank {rank}, which failed first"
+                if error.get_first_failure()[0] != rank:
+                    cause += " (torchrun's report goes by whole seconds and names another)"
+            if parsed.training_script == WORKER_ENTRY and parsed.training_script_args:
+                error.name = _program_name(parsed.training_script_args)  # not worker.py
+            print(
+                f"switchyard: the job failed: {ranks}; exit status {status}{cause}. The failing "
+                "process's output (a traceback, if it raised) is above; torchrun's report "
+                "follows.\n" + error.format_msg(),
+                file=sys.stderr,
+            )
+            return status
+        except SignalException as error:
+            print(
+                f"switchyard: stopped by {_signal_name(error.sigval)}; the workers were stopped",
+                file=sys.stderr,
+            )
+            return 128 + int(error.sigval)
+        finally:
+            if previous is None:
+                os.environ.pop(EXIT_TIMES_VARIABLE, None)
+            else:
+                os.environ[EXIT_TIMES_VARIABLE] = previous
     return 0
+
+
+def first_failure(failures: Mapping[int, Any], exit_times: Path | None = None) -> tuple[int, int]:
+    """``(rank, exit status)`` of the worker that failed first among torchrun's ``failures``
+    (rank -> ``ProcessFailure``). Peers of a worker that fails in the middle of a collective fail
+    a moment later, often within the same second, which is all torchrun's timestamps tell; so
+    when every failed worker recorded in ``exit_times`` when its program ended (what
+    :mod:`switchyard.launchers.worker` does), those times decide; otherwise torchrun's order.
+    A status is 128 + N for a worker killed by signal N, and never 0."""
+    times: dict[int, int] = {}
+    if exit_times is not None:
+        for rank in failures:
+            try:
+                times[rank] = int((exit_times / str(rank)).read_text())
+            except (OSError, ValueError):
+                pass
+    if len(times) == len(failures):
+        rank = min(failures, key=lambda r: (times[r], r))
+    else:
+        rank = min(failures, key=lambda r: (failures[r].timestamp, r))
+    code = int(failures[rank].exitcode)
+    return rank, (128 - code if code < 0 else code) or 1
+
+
+def _program_name(command: Sequence[str]) -> str:
+    """``train.py`` or ``-m package``: the program of a worker command, for messages."""
+    return " ".join(command[:2]) if command[0] == "-m" else command[0]
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 class TorchrunLauncher(Launcher):
@@ -128,8 +196,10 @@ class TorchrunLauncher(Launcher):
     ends all of them when one fails, and forwards SIGINT/SIGTERM.
 
     The launching process only supervises: it runs the script up to ``runtime.launch()``, then
-    waits for the workers and exits with their status. Each worker runs the whole script, sees
-    ``torchelastic`` as its cluster environment and starts nothing itself.
+    waits for the workers and exits with the job's status (0, or that of the worker that failed
+    first: see :func:`run_torchrun`). Each worker runs the whole script through
+    :mod:`switchyard.launchers.worker`, sees ``torchelastic`` as its cluster environment and
+    starts nothing itself.
     """
 
     requires_function = False

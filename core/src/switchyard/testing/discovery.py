@@ -6,12 +6,18 @@ switchyard (and so torch), then loads only the plugin's entry point and calls it
 hooks, and prints as JSON the modules that this added, the time it took, the entries found and
 any failure. ``builtin`` measures core's own built-in plugin. Only the standard library is
 imported at the top of this file.
+
+The kit runs it with torch's device-extension autoload off (:data:`AUTOLOAD_VARIABLE` ``=0``):
+``import torch`` then loads no out-of-tree backend (``torch.backends`` entry points), so what an
+extension imports is neither blamed on the plugin nor hides what the plugin imports itself. The
+output names the extensions that were left out.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -36,6 +42,10 @@ HEAVY_ENGINES = (
 """Engines the design names as never to be imported by listing plugins, and their peers; a
 discovery that imports one fails the check whatever the plugin's own package is."""
 
+AUTOLOAD_VARIABLE = "TORCH_DEVICE_BACKEND_AUTOLOAD"
+"""torch's switch for loading out-of-tree device extensions at ``import torch`` ("1" by default,
+"0" off)."""
+
 
 def measure(plugin: str) -> dict[str, Any]:
     """Discover ``plugin`` alone in this process and report what that imported."""
@@ -55,10 +65,14 @@ def measure(plugin: str) -> dict[str, Any]:
         if r.plugin.name == plugin
     ]
     seconds = time.perf_counter() - start
+    new_modules = sorted(set(sys.modules) - before)
+    autoload = os.environ.get(AUTOLOAD_VARIABLE, "1")
     return {
         "plugin": plugin,
-        "new_modules": sorted(set(sys.modules) - before),
+        "new_modules": new_modules,
         "seconds": seconds,
+        "torch_device_backend_autoload": autoload,
+        "torch_backends_not_loaded": [] if autoload == "1" else _torch_backends(),
         "entries": entries,
         "failures": [
             f"{f.plugin.describe()} at {f.stage}: {f.error}"
@@ -66,6 +80,13 @@ def measure(plugin: str) -> dict[str, Any]:
             if f.plugin.name == plugin
         ],
     }
+
+
+def _torch_backends() -> list[str]:
+    """The out-of-tree device extensions ``import torch`` would autoload (after measuring)."""
+    from importlib.metadata import entry_points
+
+    return sorted({ep.name for ep in entry_points(group="torch.backends")})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,6 @@
-"""Starting the kit's child processes: a clean environment, the parent's import path, a timeout
-that ends the whole process tree (torchrun's workers included), and output kept for messages."""
+"""Starting child processes for the kit, switchyard's tests and its benchmarks: a clean
+environment (:func:`child_environment`), a timeout that ends the whole process tree (torchrun's
+workers included), and output kept for messages (:func:`run`)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# variables that would make a child believe it already belongs to a distributed job, or that
-# carry a previous choice of accelerator/strategy; the registry switches (SWITCHYARD_PLUGINS,
-# SWITCHYARD_BLOCK_PLUGINS, SWITCHYARD_DISABLE_PLUGIN_AUTOLOAD) are kept, so that children
-# discover exactly the plugins the kit's own process sees
-_DROP_PREFIXES = ("TORCHELASTIC_", "SLURM_", "OMPI_", "PMI_", "LSB_")
+# variables that would make a child believe it already belongs to a distributed job (every
+# scheduler the built-in environments detect), or that carry a previous choice of accelerator
+# or strategy (SWITCHYARD_*)
+_DROP_PREFIXES = ("TORCHELASTIC_", "SLURM_", "OMPI_", "PMI_", "PMIX_", "LSB_")
 _DROP = frozenset(
     {
         "MASTER_ADDR",
@@ -31,9 +31,10 @@ _DROP = frozenset(
         "LOCAL_WORLD_SIZE",
     }
 )
-_KEEP_SWITCHYARD = frozenset(
+PLUGIN_SWITCHES = frozenset(
     {"SWITCHYARD_PLUGINS", "SWITCHYARD_BLOCK_PLUGINS", "SWITCHYARD_DISABLE_PLUGIN_AUTOLOAD"}
 )
+"""The ``SWITCHYARD_*`` variables that decide which plugins are discovered."""
 
 
 @functools.cache
@@ -53,22 +54,48 @@ def _default_path(pythonpath: str) -> tuple[str, ...]:
     return tuple(json.loads(out.stdout))
 
 
-def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment for a kit child: no distributed-job variables, and a
-    ``PYTHONPATH`` that lets the child import whatever this process can (plugins a test put on
-    ``sys.path`` included)."""
+def child_environment(
+    extra: Mapping[str, str] | None = None,
+    *,
+    import_path: bool = True,
+    pythonpath: Sequence[str | os.PathLike[str]] = (),
+    plugin_switches: bool = True,
+    bytecode_cache: str | os.PathLike[str] | None = None,
+) -> dict[str, str]:
+    """This process's environment for a child: without the variables of a distributed job
+    (``MASTER_ADDR``, ``RANK``..., ``TORCHELASTIC_*``, ``SLURM_*``, ``OMPI_*``, ``PMI_*``,
+    ``PMIX_*``, ``LSB_*``) and ``SWITCHYARD_*`` choices, with unbuffered output
+    (``PYTHONUNBUFFERED=1``), then ``extra``.
+
+    Args:
+        extra: variables set last (``{"OMP_NUM_THREADS": "1"}``).
+        import_path: put on the child's ``PYTHONPATH`` the folders of this process's
+            ``sys.path`` that a fresh interpreter lacks (plugins a test put there), so that the
+            child imports whatever this process can. ``False``: the child imports what is
+            installed and what ``PYTHONPATH`` already names, as a fresh shell's ``python`` does.
+        pythonpath: folders to put first on the child's ``PYTHONPATH``.
+        plugin_switches: keep :data:`PLUGIN_SWITCHES`, so that the child discovers the plugins
+            this process does; ``False`` drops them too, so it discovers what is installed.
+        bytecode_cache: a folder where the child writes and reads bytecode
+            (``PYTHONPYCACHEPREFIX``), even where ``PYTHONDONTWRITEBYTECODE`` is set.
+    """
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in _DROP
         and not k.startswith(_DROP_PREFIXES)
-        and (not k.startswith("SWITCHYARD_") or k in _KEEP_SWITCHYARD)
+        and (not k.startswith("SWITCHYARD_") or (plugin_switches and k in PLUGIN_SWITCHES))
     }
-    pythonpath = env.get("PYTHONPATH", "")
-    known = set(_default_path(pythonpath))
-    missing = [p for p in dict.fromkeys(sys.path) if p and p not in known and os.path.isdir(p)]
-    if missing:
-        env["PYTHONPATH"] = os.pathsep.join([*missing, *([pythonpath] if pythonpath else [])])
+    inherited = env.get("PYTHONPATH", "")
+    entries = [os.fspath(p) for p in pythonpath]
+    if import_path:
+        known = {*_default_path(inherited), *entries}
+        entries += [p for p in dict.fromkeys(sys.path) if p and p not in known and os.path.isdir(p)]
+    if entries:
+        env["PYTHONPATH"] = os.pathsep.join([*entries, *([inherited] if inherited else [])])
+    if bytecode_cache is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = os.fspath(bytecode_cache)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env

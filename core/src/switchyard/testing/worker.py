@@ -32,14 +32,12 @@ from torch import nn
 
 from switchyard.checkpoint import atomic_save
 from switchyard.runtime import Runtime
+from switchyard.strategy import REDUCE_OPS
 from switchyard.testing import problems
 from switchyard.testing.compare import flatten_state, full_tensor, state_difference
 
 BARRIER_DELAY = 0.5
 """Seconds the last rank waits before entering the barrier; no rank may leave it sooner."""
-
-REDUCE_OPS = ("sum", "mean", "max", "min", "product")
-"""Every reduction ``Strategy.all_reduce`` documents."""
 
 
 def reduce_input(rank: int) -> list[float]:
@@ -113,16 +111,41 @@ def _step(runtime: Runtime, model: Any, optimizer: Any, x: torch.Tensor, y: torc
     return float(loss.item())
 
 
+def optimizer_record(
+    names: dict[int, str], wrapped: Any, wrapped_optimizer: Any, optimizer: Any
+) -> dict[str, Any]:
+    """How the optimizer created before ``runtime.setup`` relates to the set-up module: the
+    names of the parameters it still holds that the module held before setup but no longer
+    does (``stale``), and how many of its parameters the module does not hold, and the reverse.
+    ``names`` maps ``id`` to name for the module's parameters before setup, which the caller
+    keeps alive."""
+    held = {id(p) for p in wrapped.parameters()}
+    stepped = [p for group in wrapped_optimizer.param_groups for p in group["params"]]
+    ids = {id(p) for p in stepped}
+    return {
+        "stale": sorted(names[id(p)] for p in stepped if id(p) in names and id(p) not in held),
+        "not_held": len(ids - held),
+        "not_stepped": len(held - ids),
+        "optimizer_parameters": len(ids),
+        "module_parameters": len(held),
+        "users_optimizer": wrapped_optimizer.optimizer is optimizer,
+    }
+
+
 def check_training(runtime: Runtime, out: Path) -> dict[str, Any]:
     model = problems.regression_model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=problems.LEARNING_RATE)
+    originals = list(model.parameters())  # kept alive: their ids name them until the end
+    names = {id(p): n for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(originals, lr=problems.LEARNING_RATE)
     wrapped, wrapped_optimizer = runtime.setup(model, optimizer)
+    parameters = optimizer_record(names, wrapped, wrapped_optimizer, optimizer)
     x, y = problems.regression_batch(runtime.world_size)
     x = problems.shard(x, runtime.global_rank).to(runtime.device)
     y = problems.shard(y, runtime.global_rank).to(runtime.device)
     losses = [_step(runtime, wrapped, wrapped_optimizer, x, y) for _ in range(problems.STEPS)]
     state = flatten_state(runtime.strategy.module_state_dict(wrapped.module))
-    return {"losses": losses, "state": state}
+    del originals
+    return {"losses": losses, "state": state, "optimizer": parameters}
 
 
 def _gradients(module: nn.Module) -> dict[str, torch.Tensor | None]:

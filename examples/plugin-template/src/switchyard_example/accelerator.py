@@ -45,6 +45,8 @@ class CoreShareAccelerator(Accelerator):
 
     device_type: ClassVar[str] = "cpu"
     distributed_backend: ClassVar[str | None] = "gloo"
+    # the host CPU keeps working in a process forked after it was used (ddp_fork)
+    forks_after_init: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._saved_threads: int | None = None

@@ -18,6 +18,8 @@ class CPUAccelerator(Accelerator):
 
     device_type: ClassVar[str] = "cpu"
     distributed_backend: ClassVar[str | None] = "gloo"
+    # the host CPU keeps working in a process forked after it was used (ddp_fork)
+    forks_after_init: ClassVar[bool] = True
 
     @classmethod
     def is_available(cls) -> bool:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from switchyard import StrategyEntry, hookimpl
 
@@ -40,3 +41,9 @@ def switchyard_strategies() -> Iterator[StrategyEntry]:
         init_args={"start_method": "fork"},
         distributed=True,
     )
+
+
+@hookimpl
+def switchyard_env_report() -> Mapping[str, Any]:
+    # gloo's network interface and transport choices
+    return {"variables": ("GLOO_",)}

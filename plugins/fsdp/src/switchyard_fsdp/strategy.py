@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import uuid
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
-from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import (
     CPUOffloadPolicy,
@@ -41,23 +29,21 @@ from switchyard.accelerator import Accelerator
 from switchyard.environment import ClusterEnvironment
 from switchyard.errors import CheckpointError, SelectionError
 from switchyard.parallel import ParallelStrategy, StartMethod
+from switchyard.parameters import ParameterNames
 from switchyard.precision import Precision
-from switchyard.strategy import filter_state
+from switchyard_fsdp import checkpoint as fsdp_checkpoint
+from switchyard_fsdp import wrapping
+from switchyard_fsdp.checkpoint import META_FILENAME, StateDictType, check_state_dict_type
+from switchyard_fsdp.wrapping import ModulePolicy, mixed_precision_policy
 
-ModulePolicy = (
-    type[nn.Module] | set[type[nn.Module]] | Sequence[type[nn.Module]] | Callable[[nn.Module], bool]
-)
-"""Which submodules a policy selects: module classes (``{nn.TransformerEncoderLayer}``) or a
-predicate ``(module) -> bool``."""
-
-StateDictType = Literal["sharded", "full"]
-
-META_FILENAME = "meta.pt"
-"""In a sharded checkpoint directory: the entries of ``state`` that are not modules or
-optimizers (step counters, scheduler states), written by global rank zero with ``torch.save``."""
-
-_FORMAT = "switchyard-fsdp-sharded"
-_UNSUPPORTED_DEVICE_TYPES = ("mps", "xla")
+__all__ = [
+    "FSDPStrategy",
+    # defined in wrapping and checkpoint, importable from here as before
+    "ModulePolicy",
+    "StateDictType",
+    "META_FILENAME",
+    "mixed_precision_policy",
+]
 
 
 class FSDPStrategy(ParallelStrategy):
@@ -168,20 +154,9 @@ class FSDPStrategy(ParallelStrategy):
         **fully_shard_kwargs: Any,
     ) -> None:
         super().__init__(start_method, process_group_backend, timeout)
-        if auto_wrap_policy is not None and min_num_params is not None:
-            raise ValueError(
-                "auto_wrap_policy and min_num_params both choose which submodules to shard; "
-                "pass one of them"
-            )
-        if min_num_params is not None and (
-            isinstance(min_num_params, bool) or not isinstance(min_num_params, int)
-        ):
-            raise ValueError(f"min_num_params={min_num_params!r} must be a positive integer")
-        if min_num_params is not None and min_num_params < 1:
-            raise ValueError(f"min_num_params={min_num_params!r} must be a positive integer")
-        self.auto_wrap_policy = _check_policy(auto_wrap_policy, "auto_wrap_policy")
+        self.auto_wrap_policy = wrapping.check_wrap_policy(auto_wrap_policy, min_num_params)
         self.min_num_params = min_num_params
-        self.activation_checkpointing_policy = _check_policy(
+        self.activation_checkpointing_policy = wrapping.check_policy(
             activation_checkpointing_policy, "activation_checkpointing_policy"
         )
         self.reshard_after_forward = reshard_after_forward
@@ -196,7 +171,7 @@ class FSDPStrategy(ParallelStrategy):
                 f"{type(mixed_precision).__name__}"
             )
         self.mixed_precision = mixed_precision
-        self.state_dict_type: StateDictType = _check_state_dict_type(state_dict_type)
+        self.state_dict_type: StateDictType = check_state_dict_type(state_dict_type)
         if device_mesh is not None and not isinstance(device_mesh, (DeviceMesh, tuple)):
             raise ValueError(
                 f"device_mesh={device_mesh!r} must be a DeviceMesh or a shape such as (2, 4)"
@@ -212,16 +187,12 @@ class FSDPStrategy(ParallelStrategy):
             weakref.WeakKeyDictionary()
         )
         self._modules: weakref.WeakSet[nn.Module] = weakref.WeakSet()
-        # id(unsharded parameter) -> (weak reference to it, its module, its name), so that an
-        # optimizer set up after its module can be re-pointed at the sharded parameters
-        self._replaced: dict[
-            int, tuple[weakref.ref[torch.Tensor], weakref.ref[nn.Module], str]
-        ] = {}
+        self._names: list[ParameterNames] = []
 
     def __getstate__(self) -> dict[str, Any]:
         # spawn pickles the strategy before any process group exists; nothing set up travels
         state = self.__dict__.copy()
-        for key in ("_mesh", "_optimizer_modules", "_modules", "_replaced"):
+        for key in ("_mesh", "_optimizer_modules", "_modules", "_names"):
             state.pop(key, None)
         return state
 
@@ -240,13 +211,14 @@ class FSDPStrategy(ParallelStrategy):
         devices: Sequence[torch.device],
         num_nodes: int,
     ) -> None:
-        device_type = type(accelerator).device_type
-        if device_type in _UNSUPPORTED_DEVICE_TYPES:
+        """Refuse an accelerator that declares no sharding collectives, before any process
+        starts (a process group backend is checked by ``ParallelStrategy``)."""
+        if not type(accelerator).supports_sharding:
             raise SelectionError(
-                f"FSDPStrategy cannot run on {device_type!r} devices: FSDP2 needs a "
-                "torch.distributed backend with all-gather and reduce-scatter (gloo, nccl, "
-                "xccl). Use it with the cpu, cuda, rocm or xpu accelerator"
-                + (", or strategy='xla_fsdp' on XLA" if device_type == "xla" else "")
+                f"FSDPStrategy shards parameters with all-gather and reduce-scatter, which "
+                f"{type(accelerator).__name__} ({type(accelerator).device_type!r}) declares it "
+                "does not support (supports_sharding=False); use a strategy that does not "
+                "shard (ddp) or one the accelerator's plugin provides"
             )
         super().bind(
             accelerator=accelerator,
@@ -256,26 +228,13 @@ class FSDPStrategy(ParallelStrategy):
             num_nodes=num_nodes,
         )
 
-    def setup_environment(self) -> None:
-        super().setup_environment()
-        self._use_sharded_grad_scaler()
-
-    def _use_sharded_grad_scaler(self) -> None:
-        # each process sees only its gradient shards: inf/NaN must be agreed on by all of them,
-        # or some would skip a step the others take
+    def connect_precision(self, precision: Precision) -> Precision:
+        """A gradient scaler sees only this process's gradient shards: ``ShardedGradScaler``
+        agrees on inf/NaN across processes, so that every process skips the same steps."""
         from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
-        scaler = getattr(self.precision, "scaler", None)
-        if (
-            not isinstance(scaler, torch.amp.GradScaler)
-            or isinstance(scaler, ShardedGradScaler)
-            or not scaler.is_enabled()
-        ):
-            return
-        sharded = ShardedGradScaler(self.root_device.type)
-        # scale, growth tracker and factors, including state a checkpoint restored before setup
-        sharded.load_state_dict(scaler.state_dict())
-        self.precision.scaler = sharded  # type: ignore[attr-defined]
+        precision.set_scaler_factory(ShardedGradScaler)
+        return precision
 
     def teardown(self) -> None:
         # the mesh belongs to the process group the base class destroys
@@ -329,70 +288,46 @@ class FSDPStrategy(ParallelStrategy):
     def setup_module_and_optimizers(
         self, module: nn.Module, optimizers: Sequence[Optimizer]
     ) -> tuple[nn.Module, list[Optimizer]]:
-        module = self._apply_activation_checkpointing(module)
-        names = {id(p): n for n, p in module.named_parameters()}
+        """Shard the module, and re-point the optimizers (created from its unsharded
+        parameters) at the sharded ones by name."""
+        if not optimizers:
+            return self.setup_module(module), []
         for optimizer in optimizers:
             _check_no_state(optimizer)
+        module = wrapping.apply_activation_checkpointing(
+            module, self.activation_checkpointing_policy
+        )
+        names = ParameterNames(module)
         module = self._shard(module)
         for optimizer in optimizers:
-            self._repoint(optimizer, module, names)
+            names.repoint(optimizer, module)
+            _check_owned(optimizer, module)
             self._optimizer_modules[optimizer] = module
         return module, list(optimizers)
 
     def setup_module(self, module: nn.Module) -> nn.Module:
         """Checkpoint activations, shard, and materialize a ``meta`` module."""
-        module = self._apply_activation_checkpointing(module)
-        old = [(p, n) for n, p in module.named_parameters()]
-        module = self._shard(module)
-        module_ref = weakref.ref(module)
-        self._replaced = {k: v for k, v in self._replaced.items() if v[0]() is not None}
-        self._replaced.update({id(p): (weakref.ref(p), module_ref, n) for p, n in old})
-        return module
+        module = wrapping.apply_activation_checkpointing(
+            module, self.activation_checkpointing_policy
+        )
+        # the names after activation checkpointing (which renames parameters), for optimizers
+        # set up later from the unsharded parameters
+        self._names = [n for n in self._names if n.module is not None]
+        self._names.append(ParameterNames(module))
+        return self._shard(module)
 
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
         """Re-point an optimizer created from the unsharded parameters of a module set up with
-        :meth:`setup_module`; an optimizer created from the sharded ones is left as it is."""
-        module: nn.Module | None = None
-        for group in optimizer.param_groups:
-            params = []
-            for p in group["params"]:
-                entry = self._replaced.get(id(p))
-                owner = entry[1]() if entry is not None else None
-                if entry is not None and entry[0]() is p and owner is not None:
-                    _check_no_state(optimizer)
-                    module = owner
-                    p = owner.get_parameter(entry[2])
-                params.append(p)
-            group["params"] = params
-        module = module or self._module_of(optimizer)
+        :meth:`setup_module` at the sharded ones, and remember which module it belongs to
+        (sharded state dicts are addressed by the module's parameter names)."""
+        for names in self._names:
+            if names.owns(optimizer):
+                _check_no_state(optimizer)
+                names.repoint(optimizer)
+        module = self._module_of(optimizer)
         if module is not None:
-            self._optimizer_modules[optimizer] = module
+            _check_owned(optimizer, module)
         return optimizer
-
-    def _apply_activation_checkpointing(self, module: nn.Module) -> nn.Module:
-        policy = self.activation_checkpointing_policy
-        if policy is None:
-            return module
-        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-            CheckpointImpl,
-            apply_activation_checkpointing,
-            checkpoint_wrapper,
-        )
-
-        if any(isinstance(m, FSDPModule) for m in module.modules()):
-            raise ValueError(
-                "activation_checkpointing_policy must be applied before sharding, but this "
-                "module already contains fully_shard modules"
-            )
-        predicate = _predicate(policy)
-        apply_activation_checkpointing(
-            module,
-            checkpoint_wrapper_fn=lambda m: checkpoint_wrapper(
-                m, checkpoint_impl=CheckpointImpl.NO_REENTRANT
-            ),
-            check_fn=predicate,
-        )
-        return module
 
     def _fully_shard_kwargs(self) -> dict[str, Any]:
         return {
@@ -435,34 +370,7 @@ class FSDPStrategy(ParallelStrategy):
 
     def _wrap_targets(self, root: nn.Module) -> list[nn.Module]:
         """The submodules to shard on their own, children before their parents."""
-        if self.auto_wrap_policy is not None:
-            predicate = _predicate(self.auto_wrap_policy)
-            # reversed pre-order puts every module after all of its descendants
-            return [m for m in reversed(list(root.modules())) if m is not root and predicate(m)]
-        if self.min_num_params is None:
-            return []
-        minimum = self.min_num_params
-        targets: list[nn.Module] = []
-        seen: set[int] = set()
-
-        def visit(module: nn.Module) -> int:
-            # returns how many parameters below (and in) module are not yet in a target
-            if id(module) in seen:
-                return 0
-            seen.add(id(module))
-            count = sum(p.numel() for p in module.parameters(recurse=False))
-            count += sum(visit(child) for child in module.children())
-            if (
-                module is not root
-                and count >= minimum
-                and not isinstance(module, (nn.ModuleList, nn.ModuleDict))
-            ):
-                targets.append(module)
-                return 0
-            return count
-
-        visit(root)
-        return targets
+        return wrapping.wrap_targets(root, self.auto_wrap_policy, self.min_num_params)
 
     def _materialize(self, module: nn.Module) -> None:
         tensors = [*module.parameters(), *module.buffers()]
@@ -522,28 +430,6 @@ class FSDPStrategy(ParallelStrategy):
             base = int(torch.randint(0, 2**62, ()).item())
             torch.manual_seed(base + coordinate[-1])
             yield
-
-    def _repoint(self, optimizer: Optimizer, module: nn.Module, names: Mapping[int, str]) -> None:
-        """Make the optimizer's groups hold the module's sharded parameters instead of the
-        unsharded ones it was created with, matched by parameter name."""
-        current = dict(module.named_parameters())
-        sharded_ids = {id(p) for p in current.values()}
-        for group in optimizer.param_groups:
-            params = []
-            for p in group["params"]:
-                if id(p) in sharded_ids:
-                    params.append(p)
-                    continue
-                name = names.get(id(p))
-                if name is None or name not in current:
-                    raise ValueError(
-                        f"the optimizer holds a parameter of shape {tuple(p.shape)} that is not a "
-                        f"parameter of the {type(module).__name__} being set up; create the "
-                        "optimizer from model.parameters() of this module, or set up each "
-                        "module with its own optimizers"
-                    )
-                params.append(current[name])
-            group["params"] = params
 
     def _module_of(self, optimizer: Optimizer) -> nn.Module | None:
         module = self._optimizer_modules.get(optimizer)
@@ -613,19 +499,13 @@ class FSDPStrategy(ParallelStrategy):
         """The consolidated state dict (plain CPU tensors) on global rank zero, ``{}`` on the
         others. Every process must call it: the tensors are all-gathered."""
         module = getattr(module, "_forward_module", module)  # a runtime-wrapped module
-        return get_model_state_dict(
-            module, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
+        return fsdp_checkpoint.full_module_state_dict(module)
 
     def load_module_state_dict(
         self, module: nn.Module, state_dict: Mapping[str, Any], strict: bool = True
     ) -> None:
         """Load sharded (``DTensor``) or full (plain tensor) values into the sharded module."""
-        set_model_state_dict(
-            module,
-            dict(state_dict),
-            options=StateDictOptions(full_state_dict=not _is_sharded(state_dict), strict=strict),
-        )
+        fsdp_checkpoint.load_module_state(module, state_dict, strict)
 
     def optimizer_state_dict(self, optimizer: Optimizer) -> dict[str, Any]:
         """This process's shards of the optimizer state, keyed by parameter name."""
@@ -636,46 +516,14 @@ class FSDPStrategy(ParallelStrategy):
     ) -> None:
         """Load sharded or full optimizer state, keyed by parameter name or, as
         ``Optimizer.state_dict()`` writes it, by parameter index."""
-        module = self._require_module_of(optimizer)
-        state_dict = dict(state_dict)
-        if _keyed_by_index(state_dict):
-            state_dict = self._index_to_names(module, optimizer, state_dict)
-        set_optimizer_state_dict(
-            module,
-            optimizer,
-            state_dict,
-            options=StateDictOptions(full_state_dict=not _is_sharded(state_dict)),
+        fsdp_checkpoint.load_optimizer_state(
+            self._require_module_of(optimizer), optimizer, state_dict
         )
 
     def _full_optimizer_state_dict(self, optimizer: Optimizer) -> dict[str, Any]:
-        state = get_optimizer_state_dict(
-            self._require_module_of(optimizer),
-            optimizer,
-            options=StateDictOptions(full_state_dict=True, cpu_offload=True),
+        return fsdp_checkpoint.full_optimizer_state_dict(
+            self._require_module_of(optimizer), optimizer
         )
-        return _names_to_index(state) if state else state
-
-    def _index_to_names(
-        self, module: nn.Module, optimizer: Optimizer, state_dict: dict[str, Any]
-    ) -> dict[str, Any]:
-        # the names of the optimizer's parameters, group by group, as DCP writes them
-        named: list[dict[str, Any]] = get_optimizer_state_dict(module, optimizer)["param_groups"]  # type: ignore[assignment]
-        loaded = state_dict.get("param_groups", [])
-        if len(loaded) != len(named) or any(
-            len(a["params"]) != len(b["params"]) for a, b in zip(loaded, named, strict=True)
-        ):
-            raise CheckpointError(
-                "the optimizer state does not match the optimizer: it has parameter groups of "
-                f"sizes {[len(g['params']) for g in loaded]}, the optimizer "
-                f"{[len(g['params']) for g in named]}"
-            )
-        mapping: dict[Any, str] = {}
-        groups = []
-        for saved, names in zip(loaded, named, strict=True):
-            mapping.update(zip(saved["params"], names["params"], strict=True))
-            groups.append({**saved, "params": list(names["params"])})
-        state = {mapping[index]: value for index, value in state_dict.get("state", {}).items()}
-        return {"state": state, "param_groups": groups}
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -690,71 +538,30 @@ class FSDPStrategy(ParallelStrategy):
         """Save ``state`` as a sharded directory (every process writes) or, with
         ``state_dict_type="full"``, as one consolidated file written by rank zero. Every
         process must call it. See the class docs for the layout."""
-        kind = _check_state_dict_type(state_dict_type or self.state_dict_type)
-        if kind == "full":
-            self._save_full(Path(path), state, filter)
-        else:
-            self._save_sharded(Path(path), state, filter)
-
-    def _save_full(
-        self,
-        path: Path,
-        state: Mapping[str, Any],
-        filter: Mapping[str, Callable[[str, Any], bool]] | None,
-    ) -> None:
+        kind = check_state_dict_type(state_dict_type or self.state_dict_type)
+        path = Path(path)
+        if kind == "sharded":
+            savable = self._to_savable(state, filter)
+            sharded = {
+                k: v for k, v in savable.items() if isinstance(state[k], (nn.Module, Optimizer))
+            }
+            plain = {k: v for k, v in savable.items() if k not in sharded}
+            fsdp_checkpoint.save_sharded(self, path, sharded, plain)
+            return
         # checked by every process (a shared file system), so that all of them raise
         if path.is_dir():
             raise CheckpointError(
                 f"cannot save a full checkpoint to {str(path)!r}: it is a directory (a sharded "
                 "checkpoint?); pass a file path such as 'checkpoints/last.pt'"
             )
-        out = self._to_savable(
+        full = self._to_savable(
             state,
             filter,
             module_state=self.full_state_dict,
             optimizer_state=self._full_optimizer_state_dict,
         )
         if self.is_global_zero:
-            checkpoint.atomic_save(out, path)
-        self.barrier("save_checkpoint")
-
-    def _save_sharded(
-        self,
-        path: Path,
-        state: Mapping[str, Any],
-        filter: Mapping[str, Callable[[str, Any], bool]] | None,
-    ) -> None:
-        sharded: dict[str, Any] = {}
-        plain: dict[str, Any] = {}
-        for key, obj in state.items():
-            if isinstance(obj, nn.Module):
-                sharded[key] = filter_state(key, self.module_state_dict(obj), filter)
-            elif isinstance(obj, Optimizer):
-                sharded[key] = filter_state(key, self.optimizer_state_dict(obj), filter)
-            elif hasattr(obj, "state_dict") and callable(obj.state_dict):
-                plain[key] = filter_state(key, obj.state_dict(), filter)
-            else:
-                plain[key] = filter_state(key, obj, filter)
-        if path.exists() and not path.is_dir():
-            raise CheckpointError(
-                f"cannot save a sharded checkpoint to {str(path)!r}: it is a file; sharded "
-                "checkpoints are directories (pass another path, or state_dict_type='full')"
-            )
-        # a sibling, so that the final rename stays within one file system; rank zero names it
-        token = self.broadcast(uuid.uuid4().hex[:12] if self.is_global_zero else None)
-        temporary = path.with_name(f".{path.name}.tmp-{token}")
-        if self.is_global_zero:
-            temporary.mkdir(parents=True)
-        self.barrier("save_checkpoint")
-        if sharded:
-            dcp_save(sharded, checkpoint_id=temporary)
-        if self.is_global_zero:
-            meta = {"format": _FORMAT, "version": 1, "sharded": sorted(sharded), "state": plain}
-            checkpoint.atomic_save(meta, temporary / META_FILENAME)
-        # every shard is written before the checkpoint takes its final name
-        self.barrier("save_checkpoint")
-        if self.is_global_zero:
-            _replace_directory(temporary, path)
+            checkpoint.atomic_save(full, path)
         self.barrier("save_checkpoint")
 
     def load_checkpoint(
@@ -771,97 +578,13 @@ class FSDPStrategy(ParallelStrategy):
         if not path.is_dir():
             # a single file: every process reads it and keeps its own shards
             return super().load_checkpoint(path, state, strict=strict, weights_only=weights_only)
-        return self._load_sharded(path, state, strict, weights_only)
-
-    def _load_sharded(
-        self, path: Path, state: Mapping[str, Any], strict: bool, weights_only: bool
-    ) -> dict[str, Any]:
-        meta_file = path / META_FILENAME
-        if not meta_file.is_file():
-            raise CheckpointError(
-                f"{str(path)!r} is a directory without {META_FILENAME}, so not a sharded "
-                f"checkpoint written by FSDPStrategy. It holds: "
-                f"{', '.join(sorted(p.name for p in path.iterdir())[:10]) or 'nothing'}"
-            )
-        meta = checkpoint.load_file(meta_file, weights_only=weights_only)
-        if meta.get("format") != _FORMAT:
-            raise CheckpointError(f"{str(meta_file)!r} is not a {_FORMAT} metadata file")
-        sharded_keys: list[str] = list(meta["sharded"])
-        plain: dict[str, Any] = dict(meta["state"])
-        missing = [key for key in state if key not in sharded_keys and key not in plain]
-        if missing and strict:
-            raise KeyError(
-                f"the checkpoint has no entry {missing[0]!r}; it holds "
-                f"{sorted([*sharded_keys, *plain])}. Pass strict=False to load what is there."
-            )
-        template: dict[str, Any] = {}
-        for key, obj in state.items():
-            if key not in sharded_keys:
-                if isinstance(obj, (nn.Module, Optimizer)) and key in plain:
-                    raise CheckpointError(
-                        f"checkpoint entry {key!r} was saved as a plain value, but "
-                        f"state[{key!r}] is a {type(obj).__name__}"
-                    )
-                continue
-            if isinstance(obj, nn.Module):
-                template[key] = self.module_state_dict(obj)
-            elif isinstance(obj, Optimizer):
-                template[key] = self.optimizer_state_dict(obj)
-            else:
-                raise CheckpointError(
-                    f"checkpoint entry {key!r} holds a sharded module or optimizer, but "
-                    f"state[{key!r}] is a {type(obj).__name__}"
-                )
-        if template:
-            dcp_load(
-                template,
-                checkpoint_id=path,
-                planner=DefaultLoadPlanner(allow_partial_load=not strict),
-            )
-        for key, value in template.items():
-            obj = state[key]
-            if isinstance(obj, nn.Module):
-                set_model_state_dict(obj, value, options=StateDictOptions(strict=strict))
-            else:
-                set_optimizer_state_dict(self._require_module_of(obj), obj, value)
-        for key, obj in state.items():
-            if key not in plain:
-                continue
-            if hasattr(obj, "load_state_dict") and callable(obj.load_state_dict):
-                obj.load_state_dict(plain[key])
-            elif isinstance(state, MutableMapping):
-                state[key] = plain[key]
-        remainder = {key: value for key, value in plain.items() if key not in state}
-        unrequested = {key for key in sharded_keys if key not in state}
-        if unrequested:
-            # not asked for, so there is no module to shard them into: full tensors, read by
-            # every process
-            from torch.distributed.checkpoint.state_dict_loader import (
-                _load_state_dict_from_keys,
-            )
-
-            remainder.update(_load_state_dict_from_keys(unrequested, checkpoint_id=path))
-        return remainder
+        return fsdp_checkpoint.load_sharded(
+            self, path, state, strict, weights_only, module_of=self._require_module_of
+        )
 
     def __repr__(self) -> str:
         extra = ", cpu_offload=True" if self.cpu_offload else ""
         return f"FSDPStrategy(start_method={self.start_method!r}{extra})"
-
-
-def mixed_precision_policy(precision: Precision) -> MixedPrecisionPolicy:
-    """The ``MixedPrecisionPolicy`` for a precision: mixed precisions (a ``compute_dtype``)
-    gather parameters in that dtype and reduce gradients in the parameters' dtype (float32);
-    true precisions in another dtype than float32 gather and reduce in it; float32 needs no
-    policy (FSDP2's default ``MixedPrecisionPolicy()`` casts nothing)."""
-    if precision.compute_dtype is not None:
-        return MixedPrecisionPolicy(
-            param_dtype=precision.compute_dtype, reduce_dtype=precision.param_dtype
-        )
-    if precision.param_dtype != torch.float32:
-        return MixedPrecisionPolicy(
-            param_dtype=precision.param_dtype, reduce_dtype=precision.param_dtype
-        )
-    return MixedPrecisionPolicy()
 
 
 @contextlib.contextmanager
@@ -873,39 +596,17 @@ def _gradient_sync_off(module: FSDPModule) -> Iterator[None]:
         module.set_requires_gradient_sync(True)
 
 
-def _check_policy(policy: Any, name: str) -> Any:
-    if policy is None:
-        return None
-    if isinstance(policy, type):
-        policy = {policy}
-    if isinstance(policy, (set, frozenset, list, tuple)):
-        classes = frozenset(policy)
-        bad = [c for c in classes if not (isinstance(c, type) and issubclass(c, nn.Module))]
-        if bad or not classes:
-            raise ValueError(
-                f"{name} must be nn.Module classes (e.g. {{nn.TransformerEncoderLayer}}) or a "
-                f"function (module) -> bool; got {policy!r}"
-            )
-        return classes
-    if callable(policy):
-        return policy
-    raise ValueError(
-        f"{name} must be nn.Module classes (e.g. {{nn.TransformerEncoderLayer}}) or a "
-        f"function (module) -> bool; got {type(policy).__name__}"
-    )
-
-
-def _predicate(policy: Any) -> Callable[[nn.Module], bool]:
-    if isinstance(policy, frozenset):
-        classes = tuple(policy)
-        return lambda module: isinstance(module, classes)
-    return policy
-
-
-def _check_state_dict_type(value: str) -> StateDictType:
-    if value not in ("sharded", "full"):
-        raise ValueError(f"state_dict_type={value!r} must be 'sharded' or 'full'")
-    return value  # type: ignore[return-value]
+def _check_owned(optimizer: Optimizer, module: nn.Module) -> None:
+    held = {id(p) for p in module.parameters()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) not in held:
+                raise ValueError(
+                    f"the optimizer holds a parameter of shape {tuple(p.shape)} that is not a "
+                    f"parameter of the {type(module).__name__} being set up; create the "
+                    "optimizer from model.parameters() of this module, or set up each "
+                    "module with its own optimizers"
+                )
 
 
 def _check_no_state(optimizer: Optimizer) -> None:
@@ -915,59 +616,3 @@ def _check_no_state(optimizer: Optimizer) -> None:
             "parameter(s) (it has stepped). Sharding replaces the parameters, so set the "
             "optimizer up before its first step; restore its state afterwards with runtime.load"
         )
-
-
-def _is_sharded(state_dict: Mapping[str, Any]) -> bool:
-    """Whether a (model or optimizer) state dict holds DTensor shards."""
-    stack: list[Any] = [state_dict]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, DTensor):
-            return True
-        if isinstance(value, Mapping):
-            stack.extend(value.values())
-        elif isinstance(value, (list, tuple)):
-            stack.extend(value)
-    return False
-
-
-def _keyed_by_index(state_dict: Mapping[str, Any]) -> bool:
-    groups = state_dict.get("param_groups") or []
-    return any(isinstance(p, int) for g in groups for p in g.get("params", []))
-
-
-def _names_to_index(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """An optimizer state dict keyed by parameter name, as ``Optimizer.state_dict()`` writes
-    it: parameters numbered in group order."""
-    index: dict[str, int] = {}
-    groups = []
-    for group in state_dict["param_groups"]:
-        ids = []
-        for name in group["params"]:
-            index.setdefault(name, len(index))
-            ids.append(index[name])
-        groups.append({**group, "params": ids})
-    state = {index[name]: value for name, value in state_dict["state"].items()}
-    return {"state": state, "param_groups": groups}
-
-
-def _replace_directory(temporary: Path, path: Path) -> None:
-    """Give the complete ``temporary`` directory the name ``path``. An old checkpoint there is
-    moved aside first and deleted only once the new one has its name: a crash leaves the old
-    checkpoint (under ``.NAME.old-*``) or the new one, never a partial one at ``path``."""
-    old = None
-    if path.exists() or path.is_symlink():
-        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:12]}")
-        os.replace(path, old)
-    try:
-        os.replace(temporary, path)
-    except BaseException:
-        if old is not None:
-            os.replace(old, path)  # put the old checkpoint back
-        raise
-    checkpoint.fsync_directory(path.parent)
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)

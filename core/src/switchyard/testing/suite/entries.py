@@ -212,11 +212,16 @@ def discoveries(
     folder = tmp_path_factory.mktemp("switchyard-discovery")
     names = [p.name for p in switchyard_kit.plugins_under_test() if p.source != "explicit"]
 
+    # without torch's device-extension autoload: an out-of-tree backend that `import torch`
+    # loads is neither counted against the plugin nor hides what the plugin imports
+    env = subprocesses.child_environment({discovery.AUTOLOAD_VARIABLE: "0"})
+
     def measure(name: str) -> subprocesses.Finished:
         return subprocesses.run(
             [sys.executable, "-c", source, name],
             timeout=DISCOVERY_TIMEOUT,
             log=folder / f"{name}.log",
+            env=env,
             cwd=folder,
         )
 
@@ -231,7 +236,8 @@ def test_discovery_is_light(
     record_property: Any,
 ) -> None:
     """Loading the plugin and calling its registration hooks imports nothing outside its own
-    package and switchyard (in particular no engine it ``requires``), and no hook fails."""
+    package and switchyard (in particular no engine it ``requires``), and no hook fails;
+    measured with torch's device-extension autoload off (``TORCH_DEVICE_BACKEND_AUTOLOAD=0``)."""
     if plugin.source == "explicit":
         pytest.skip(
             f"plugin {plugin.name} was passed explicitly; only installed plugins are discovered"
@@ -257,6 +263,8 @@ def test_discovery_is_light(
         }
     )
     record_property("discovery_seconds", round(result["seconds"], 4))
+    record_property("torch_device_backend_autoload", result["torch_device_backend_autoload"])
+    record_property("torch_backends_not_loaded", result["torch_backends_not_loaded"])
     record_property("implementation_modules_imported_at_discovery", implementations)
     problems = []
     if result["failures"]:

@@ -21,13 +21,43 @@ from typing import Any, NoReturn
 import pytest
 import torch
 
-from switchyard.errors import DeviceSelectionError
-from switchyard.testing import problems, subprocesses, worker
+from switchyard.entries import StrategyEntry
+from switchyard.errors import DeviceSelectionError, SelectionError
+from switchyard.registry import Registration
+from switchyard.strategy import REDUCE_OPS
+from switchyard.testing import capabilities, problems, subprocesses, worker
 from switchyard.testing.compare import close_difference, state_difference
 from switchyard.testing.config import KitConfig, describe
+from switchyard.testing.plugin import NOT_APPLICABLE, kit_of
 from switchyard.testing.suite import fail
 
 pytestmark = pytest.mark.switchyard_conformance("strategy")
+
+CAPABILITY_CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "distributed_entry": ("distributed", {"distributed_backend": None}),
+    "sharded_entry": ("sharded", {"supports_sharding": False}),
+}
+"""For the refusal checks: the entry flag that makes a strategy need a capability, and what the
+kit's stand-in accelerator declares instead of it."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    kit = kit_of(metafunc.config)
+    for fixture, (flag, _) in CAPABILITY_CASES.items():
+        if fixture not in metafunc.fixturenames:
+            continue
+        entries = [
+            r
+            for r in kit.entries_under_test()
+            if isinstance(r.entry, StrategyEntry) and getattr(r.entry, flag) is True
+        ]
+        if entries:
+            metafunc.parametrize(fixture, entries, ids=[r.entry.name for r in entries])
+        else:
+            # no entry under test needs the capability: the check does not apply
+            metafunc.parametrize(
+                fixture, [pytest.param(None, marks=getattr(pytest.mark, NOT_APPLICABLE))]
+            )
 
 
 @dataclass
@@ -195,6 +225,37 @@ def test_training_matches_single_process(job: StrategyJob, record_property: Any)
                 fail(f"{prefix}: {problem}")
 
 
+def test_optimizer_steps_the_module_parameters(
+    job: StrategyJob, switchyard_kit: KitConfig, record_property: Any
+) -> None:
+    """After ``runtime.setup(model, optimizer)`` with an optimizer created before it, the
+    optimizer holds none of the parameters the module held before setup that the set-up module
+    no longer holds; where setup hands back the user's own optimizer and the parameters are
+    float32 (``32-true``), it holds exactly the set-up module's parameters."""
+    observed = job.check("training")
+    exact = switchyard_kit.strategy_precision == "32-true"
+    record_property("optimizer", {rank: data["optimizer"] for rank, data in observed.items()})
+    record_property("identity_required_for_the_users_optimizer", exact)
+    for rank, data in observed.items():
+        found = data["optimizer"]
+        if found["stale"]:
+            fail(
+                f"{job.name}: on rank {rank} the optimizer created before runtime.setup still "
+                f"holds {len(found['stale'])} parameter(s) of the module as it was before "
+                f"setup ({', '.join(found['stale'][:6])}), which the set-up module no longer "
+                "holds: optimizer.step() updates tensors the model does not compute with. A "
+                "strategy that replaces parameters (or the module) must re-point the optimizers "
+                "(switchyard.parameters.ParameterNames)"
+            )
+        if exact and found["users_optimizer"] and (found["not_held"] or found["not_stepped"]):
+            fail(
+                f"{job.name}: on rank {rank} the user's optimizer, after runtime.setup in "
+                f"float32, holds {found['not_held']} parameter(s) the set-up module does not "
+                f"and misses {found['not_stepped']} of its {found['module_parameters']}: it must "
+                "hold exactly the parameters the module computes with"
+            )
+
+
 def _reduce_expected(op: str, world_size: int) -> torch.Tensor:
     inputs = torch.tensor([worker.reduce_input(r) for r in range(world_size)])
     return {
@@ -206,7 +267,7 @@ def _reduce_expected(op: str, world_size: int) -> torch.Tensor:
     }[op]
 
 
-@pytest.mark.parametrize("op", worker.REDUCE_OPS)
+@pytest.mark.parametrize("op", REDUCE_OPS)
 def test_all_reduce(job: StrategyJob, op: str) -> None:
     """``all_reduce(op=...)`` gives every rank the sum, mean, max, min or product over ranks of
     each element, in the input's shape (exact up to 1e-6); ``sum`` of integers stays integer."""
@@ -218,7 +279,7 @@ def test_all_reduce(job: StrategyJob, op: str) -> None:
         problem = close_difference("result", got.double(), want.double(), 1e-6, 1e-6)
         if problem is not None:
             hint = ""
-            for other in worker.REDUCE_OPS:
+            for other in REDUCE_OPS:
                 if (
                     other != op
                     and got.shape == want.shape
@@ -363,3 +424,94 @@ def test_checkpoint_round_trip(job: StrategyJob) -> None:
                 f"{job.name}: plain values were not restored on rank {rank}: step="
                 f"{data['step']!r}, note={data['note']!r} (saved 2 and 'kit')"
             )
+
+
+def _refusal(
+    switchyard_kit: KitConfig, registration: Registration, fixture: str, record_property: Any
+) -> None:
+    """Selection of ``registration`` on the hardware accelerator declaring, instead of what
+    the entry needs, what ``CAPABILITY_CASES[fixture]`` says must raise ``SelectionError``;
+    the same selection with the accelerator as it is must not (else the refusal proves
+    nothing)."""
+    entry = registration.entry
+    assert isinstance(entry, StrategyEntry)
+    _, declared = CAPABILITY_CASES[fixture]
+    hardware = switchyard_kit.hardware
+    if hardware is None:
+        pytest.skip(f"the refusal checks need an accelerator: {switchyard_kit.hardware_note}")
+    missing = entry.missing_requirements()
+    if missing:
+        pytest.skip(f"{describe(registration)} needs {', '.join(missing)}, which is not installed")
+    name = hardware.entry.name
+    if entry.accelerators is not None and name not in entry.accelerators:
+        pytest.skip(
+            f"{describe(registration)} supports accelerators {', '.join(entry.accelerators)}, "
+            f"not {name!r}: selection refuses it there whatever the accelerator declares"
+        )
+    try:
+        cls = hardware.entry.load()
+    except Exception as error:
+        fail(f"{describe(hardware)} cannot be imported: {type(error).__name__}: {error}")
+    precision = "32-true"
+    if entry.precisions is not None and precision not in entry.precisions:
+        precision = entry.precisions[0]
+    strategy = switchyard_kit.selector(registration)
+    processes = capabilities.CAPABILITY_PROCESSES
+    what = (
+        f"strategy {strategy!r} on {processes} processes of accelerator {name!r} "
+        f"({cls.__qualname__})"
+    )
+    record_property("accelerator", name)
+    record_property("declared", {key: repr(value) for key, value in declared.items()})
+    try:
+        capabilities.select_with(
+            name, capabilities.capability_clone(cls), strategy, precision, processes
+        )
+    except SelectionError as error:
+        pytest.skip(
+            f"selection refuses {what} as the accelerator is, so a refusal for "
+            f"{capabilities.spell(declared)} would prove nothing: {error}"
+        )
+    except Exception as error:
+        fail(f"selecting {what} raised {type(error).__name__}: {error}, not SelectionError")
+    lacking = capabilities.capability_clone(cls, **declared)
+    try:
+        runtime = capabilities.select_with(name, lacking, strategy, precision, processes)
+    except SelectionError as error:
+        record_property("refusal", str(error))
+        return
+    except Exception as error:
+        fail(
+            f"selecting {what} declaring {capabilities.spell(declared)} raised "
+            f"{type(error).__name__}: {error}, not SelectionError"
+        )
+    backend = lacking.process_group_backend()
+    seen = f"process_group_backend() returns {backend!r}"
+    if "distributed_backend" in declared and backend is not None:
+        seen += (
+            " although distributed_backend is None: an override of process_group_backend() "
+            "must honour that declaration"
+        )
+    fail(
+        f"selection accepted {what} declaring {capabilities.spell(declared)} ({seen}) and "
+        f"chose {runtime.plan.names['strategy']!r}: its processes would start and only then "
+        "fail. Selection must refuse it with a SelectionError before any process starts"
+    )
+
+
+def test_refused_without_backend(
+    distributed_entry: Registration, switchyard_kit: KitConfig, record_property: Any
+) -> None:
+    """A multi-process (``distributed=True``) strategy entry of the plugins under test is refused
+    with ``SelectionError``, before any process starts, on the accelerator under test declaring
+    ``distributed_backend = None``."""
+    _refusal(switchyard_kit, distributed_entry, "distributed_entry", record_property)
+
+
+def test_refused_without_sharding(
+    sharded_entry: Registration, switchyard_kit: KitConfig, record_property: Any
+) -> None:
+    """A sharding (``sharded=True``) strategy entry of the plugins under test is refused with
+    ``SelectionError``, before any process starts, on the accelerator under test declaring
+    ``supports_sharding = False``."""
+    _refusal(switchyard_kit, sharded_entry, "sharded_entry", record_property)

@@ -1,0 +1,260 @@
+"""Slurm jobs started with ``srun``, and reading Slurm's host lists and task counts."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Iterator
+
+from switchyard.builtin.environments.common import (
+    SchedulerManaged,
+    derived_port,
+    first_set,
+    int_variable,
+    optional_int,
+    user_port,
+)
+from switchyard.environment import DEFAULT_MAIN_PORT
+from switchyard.errors import SelectionError
+
+_BRACKET = re.compile(r"\[([^\[\]]*)\]")
+_TASKS_ITEM = re.compile(r"^(\d+)(?:\(x(\d+)\))?$")
+_SLURM_INTERACTIVE_NAMES = ("bash", "interactive")
+
+
+def _split_hostlist(hostlist: str) -> list[str]:
+    """Split at commas and whitespace outside brackets."""
+    items: list[str] = []
+    depth = 0
+    current: list[str] = []
+    for char in hostlist:
+        if char == "[":
+            depth += 1
+            if depth > 1:
+                raise ValueError(f"host list {hostlist!r} has nested brackets")
+        elif char == "]":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"host list {hostlist!r} has an unmatched ']'")
+        if depth == 0 and (char == "," or char.isspace()):
+            if current:
+                items.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    if depth:
+        raise ValueError(f"host list {hostlist!r} has an unmatched '['")
+    if current:
+        items.append("".join(current))
+    return items
+
+
+def _expand_range_set(spec: str, hostlist: str) -> list[str]:
+    """``"001-003,007"`` -> ``["001", "002", "003", "007"]``; the lower bound's width pads."""
+    values: list[str] = []
+    for part in spec.split(","):
+        low, sep, high = part.strip().partition("-")
+        if not low.isdigit() or (sep and not high.isdigit()):
+            raise ValueError(f"host list {hostlist!r}: {part!r} is not a number or range")
+        if not sep:
+            values.append(low)
+            continue
+        if int(high) < int(low):
+            raise ValueError(f"host list {hostlist!r}: range {part!r} runs backwards")
+        width = len(low)
+        values.extend(f"{n:0{width}d}" for n in range(int(low), int(high) + 1))
+    return values
+
+
+def iter_hostlist(hostlist: str) -> Iterator[str]:
+    """The host names of a Slurm host list, in order, one item at a time.
+
+    Understands what ``SLURM_NODELIST`` holds: comma- (or space-) separated items, each with
+    any number of bracket groups of numbers and ranges that keep zero padding:
+    ``"node[001-003,007],rack-b[1-2]"`` is ``node001 node002 node003 node007 rack-b1 rack-b2``;
+    ``"r[1-2]-n[01-02]"`` is ``r1-n01 r1-n02 r2-n01 r2-n02``. Raises :class:`ValueError` for
+    malformed lists.
+    """
+    items = _split_hostlist(hostlist)
+    if not items:
+        raise ValueError(f"host list {hostlist!r} names no host")
+    for item in items:
+        literals = _BRACKET.split(item)  # literal, range, literal, range, ..., literal
+        if any(c in "[]" for c in "".join(literals[::2])):
+            raise ValueError(f"host list {hostlist!r}: cannot read {item!r}")
+        groups = [_expand_range_set(spec, hostlist) for spec in literals[1::2]]
+        for choice in itertools.product(*groups):
+            parts = [literals[0]]
+            for value, literal in zip(choice, literals[2::2], strict=True):
+                parts += [value, literal]
+            yield "".join(parts)
+
+
+def expand_hostlist(hostlist: str) -> list[str]:
+    """Every host name of a Slurm host list (see :func:`iter_hostlist`)."""
+    return list(iter_hostlist(hostlist))
+
+
+def first_host(hostlist: str) -> str:
+    """The first host of a Slurm host list, without expanding the rest."""
+    return next(iter_hostlist(hostlist))
+
+
+def parse_tasks_per_node(text: str) -> list[int]:
+    """Slurm's ``SLURM_TASKS_PER_NODE`` format, one count per node: ``"4(x2)"`` is ``[4, 4]``,
+    ``"3(x2),2"`` is ``[3, 3, 2]``. Raises :class:`ValueError` for anything else."""
+    counts: list[int] = []
+    for item in text.split(","):
+        match = _TASKS_ITEM.match(item.strip())
+        if match is None:
+            raise ValueError(f"tasks per node {text!r}: cannot read {item!r}")
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts
+
+
+class SLURMEnvironment(SchedulerManaged):
+    """Processes started by Slurm's ``srun``, one task per device.
+
+    Detected when ``SLURM_NTASKS`` is set and either ``SLURM_STEP_ID`` (only srun sets it) is
+    set or ``SLURM_NTASKS`` is above 1 (a batch script that asked for several tasks but runs
+    Python without srun: detected so that :meth:`validate_settings` can say so instead of
+    letting one process wait for peers that never start). A job named ``bash`` or
+    ``interactive`` (``salloc``, ``srun --pty bash``, or ``--job-name=interactive``) is not
+    detected: there the user starts processes by hand or lets switchyard start them.
+
+    Reads ``SLURM_PROCID`` (rank), ``SLURM_LOCALID`` (local rank), ``SLURM_NODEID`` (node
+    rank), ``SLURM_STEP_NUM_TASKS`` or ``SLURM_NTASKS`` (world size), the step's node list
+    (``SLURM_STEP_NODELIST``, ``SLURM_NODELIST`` or ``SLURM_JOB_NODELIST``, whose first host is
+    the main address unless ``MASTER_ADDR`` is set), ``SLURM_JOB_ID`` (the main port is
+    :func:`derived_port` of it unless ``MASTER_PORT`` is set), and for validation the tasks per
+    node (``SLURM_STEP_TASKS_PER_NODE``, ``SLURM_TASKS_PER_NODE`` or ``SLURM_NTASKS_PER_NODE``)
+    and the node count (``SLURM_STEP_NUM_NODES``, ``SLURM_NNODES`` or ``SLURM_JOB_NUM_NODES``).
+    """
+
+    _launcher = "srun"
+
+    @classmethod
+    def detect(cls) -> bool:
+        if os.environ.get("SLURM_JOB_NAME") in _SLURM_INTERACTIVE_NAMES:
+            return False
+        ntasks = optional_int("SLURM_NTASKS")
+        if ntasks is None:
+            return False
+        return "SLURM_STEP_ID" in os.environ or ntasks > 1
+
+    @property
+    def creates_processes_externally(self) -> bool:
+        return "SLURM_STEP_ID" in os.environ
+
+    @property
+    def main_address(self) -> str:
+        if os.environ.get("MASTER_ADDR"):
+            return os.environ["MASTER_ADDR"]
+        found = first_set("SLURM_STEP_NODELIST", "SLURM_NODELIST", "SLURM_JOB_NODELIST")
+        if found is None:
+            raise SelectionError(
+                "Slurm exported no node list (SLURM_NODELIST), so the main node is unknown; "
+                "export MASTER_ADDR with the host name of the node that runs task 0"
+            )
+        name, value = found
+        try:
+            return first_host(value)
+        except ValueError as error:
+            raise SelectionError(
+                f"{name}={value!r} cannot be read ({error}); export MASTER_ADDR with the host "
+                "name of the node that runs task 0"
+            ) from None
+
+    @property
+    def main_port(self) -> int:
+        port = user_port()
+        if port is not None:
+            return port
+        job_id = os.environ.get("SLURM_JOB_ID", "").strip()
+        return derived_port(job_id) if job_id else DEFAULT_MAIN_PORT
+
+    def world_size(self) -> int:
+        if optional_int("SLURM_STEP_NUM_TASKS") is not None:
+            return int_variable("SLURM_STEP_NUM_TASKS", self._launcher)
+        return int_variable("SLURM_NTASKS", self._launcher)
+
+    def global_rank(self) -> int:
+        return int_variable("SLURM_PROCID", self._launcher)
+
+    def local_rank(self) -> int:
+        return int_variable("SLURM_LOCALID", self._launcher)
+
+    def node_rank(self) -> int:
+        return int_variable("SLURM_NODEID", self._launcher)
+
+    def local_world_size(self) -> int | None:
+        counts = self.tasks_per_node()
+        node = optional_int("SLURM_NODEID")
+        if not counts or node is None:
+            return None
+        return counts[node] if node < len(counts) else None
+
+    def tasks_per_node(self) -> list[int] | None:
+        """Tasks on each node of the step, or ``None`` if Slurm did not say."""
+        found = first_set(
+            "SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE"
+        )
+        if found is None:
+            return None
+        name, value = found
+        try:
+            counts = parse_tasks_per_node(value)
+        except ValueError:
+            raise SelectionError(f"{name}={value!r} cannot be read as tasks per node") from None
+        if name == "SLURM_NTASKS_PER_NODE":
+            nodes = self.num_nodes()
+            counts = counts * (nodes or 1) if len(counts) == 1 else counts
+        return counts
+
+    def num_nodes(self) -> int | None:
+        """Nodes of the step, or ``None`` if Slurm did not say."""
+        for name in ("SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES"):
+            value = optional_int(name)
+            if value is not None:
+                return value
+        return None
+
+    def validate_settings(self, num_devices: int, num_nodes: int) -> None:
+        ntasks = self.world_size()
+        if not self.creates_processes_externally:
+            raise SelectionError(
+                f"Slurm allocated {ntasks} tasks, but this process was not started by srun "
+                f"(SLURM_STEP_ID is not set), so the other {ntasks - 1} will never start and "
+                "this one would wait for them forever. In the batch script run `srun python "
+                "...` instead of `python ...`; or, to let switchyard start the processes "
+                "itself on a single node, submit with --nodes=1 --ntasks=1 (or name the job "
+                "'interactive')"
+            )
+        per_node = self.tasks_per_node()
+        if per_node is not None and len(set(per_node)) > 1:
+            spread = ", ".join(map(str, per_node))
+            raise SelectionError(
+                f"Slurm placed an uneven number of tasks on the nodes ({spread}), but every "
+                f"node must run devices={num_devices}. Request "
+                f"--ntasks-per-node={num_devices} (with --nodes={num_nodes}) instead of --ntasks"
+            )
+        if per_node is not None and per_node[0] != num_devices:
+            raise SelectionError(
+                f"Slurm runs {per_node[0]} task(s) per node, one process each, but the runtime "
+                f"asks for devices={num_devices} per node. Either pass devices={per_node[0]}, "
+                f"or request #SBATCH --ntasks-per-node={num_devices}"
+            )
+        nodes = self.num_nodes()
+        if nodes is not None and nodes != num_nodes:
+            raise SelectionError(
+                f"Slurm runs this job step on {nodes} node(s), but the runtime asks for "
+                f"num_nodes={num_nodes}. Either pass num_nodes={nodes}, or request "
+                f"#SBATCH --nodes={num_nodes}"
+            )
+        if ntasks != num_devices * num_nodes:
+            raise SelectionError(
+                f"Slurm started {ntasks} task(s), but the runtime asks for devices={num_devices} "
+                f"x num_nodes={num_nodes} = {num_devices * num_nodes}. Request "
+                f"#SBATCH --nodes={num_nodes} --ntasks-per-node={num_devices}"
+            )
