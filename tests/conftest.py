@@ -67,14 +67,27 @@ class PluginSite:
         version: str = "1.0.0",
         entry_points: Mapping[str, str] | None = None,
         group: str = "switchyard",
+        *,
+        entry_points_text: str | bytes | None = None,
     ) -> Path:
         """Write ``<name>-<version>.dist-info`` with METADATA and an entry_points.txt whose
-        ``[switchyard]`` group maps entry-point (plugin) names to module paths."""
+        ``[switchyard]`` group maps entry-point (plugin) names to module paths.
+
+        ``entry_points_text`` is written as the whole ``entry_points.txt`` instead, as it is
+        (bytes too), for files that are not valid."""
         folder = self.root / f"{name.replace('-', '_')}-{version}.dist-info"
         folder.mkdir()
         (folder / "METADATA").write_text(
             f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
         )
+        if entry_points_text is not None:
+            target = folder / "entry_points.txt"
+            if isinstance(entry_points_text, bytes):
+                target.write_bytes(entry_points_text)
+            else:
+                target.write_text(entry_points_text)
+            importlib.invalidate_caches()
+            return folder
         lines = [f"[{group}]"] + [f"{ep} = {value}" for ep, value in (entry_points or {}).items()]
         (folder / "entry_points.txt").write_text("\n".join(lines) + "\n")
         importlib.invalidate_caches()

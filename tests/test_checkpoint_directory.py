@@ -75,7 +75,7 @@ def test_a_failure_in_the_second_rename_puts_the_old_checkpoint_back(
 
     def failing_replace(src: Any, dst: Any) -> None:
         renames.append((Path(src), Path(dst)))
-        if Path(src) == new:
+        if Path(src).name.startswith(".ckpt.new-"):
             raise OSError("disk gone")
         real_replace(src, dst)
 
@@ -83,13 +83,20 @@ def test_a_failure_in_the_second_rename_puts_the_old_checkpoint_back(
     with pytest.raises(OSError, match="disk gone"):
         checkpoint.replace_directory(new, path)
 
-    # the old one was moved aside first, the new one failed to take its name, the old one is back
-    aside = renames[0][1]
-    assert aside.parent == tmp_path
+    # the complete new one was marked complete (renamed to .new-*), the old one moved aside, the
+    # new one failed to take its name, and the old one is back
+    complete = renames[0][1]
+    aside = renames[1][1]
+    assert complete.parent == aside.parent == tmp_path
+    assert complete.name.startswith(".ckpt.new-")
     assert aside.name.startswith(".ckpt.old-")
-    assert renames == [(path, aside), (new, path), (aside, path)]
+    assert renames == [(new, complete), (path, aside), (complete, path), (aside, path)]
     assert [p.name for p in path.iterdir()] == ["old"]
     assert (path / "old").read_text() == "old"
-    # the incomplete new one is left for the caller; nothing is left aside
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".ckpt.tmp-2", "ckpt"]
+    # the complete new one is left beside it; nothing is left aside
+    assert sorted(p.name for p in tmp_path.iterdir()) == [complete.name, "ckpt"]
     assert _left_aside(tmp_path) == []
+    # ... and the next save of the name deletes it: no process holds it
+    monkeypatch.undo()
+    assert checkpoint.remove_stale(path) == [complete]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

@@ -218,7 +218,7 @@ def switchyard_accelerators():
     assert "'my npu'" in failure.error
 
 
-def test_two_distributions_with_one_plugin_name_keep_the_first(plugin_site):
+def test_two_distributions_with_one_plugin_name_keep_both_under_qualified_names(plugin_site):
     first = accelerator_plugin(plugin_site, "first_plugin", "npu")
     second = accelerator_plugin(plugin_site, "second_plugin", "tpu2")
     plugin_site.distribution("first-dist", "1.0", {"acme": first})
@@ -226,14 +226,20 @@ def test_two_distributions_with_one_plugin_name_keep_the_first(plugin_site):
 
     registry = PluginRegistry()
 
-    assert registry.plugins["acme"].target in (first, second)
-    (failure,) = failures_of(registry, "acme")
-    assert failure.stage == "register"
-    assert "already taken" in failure.error
-    assert {"first-dist", "second-dist"} == {
-        failure.plugin.distribution,
-        registry.plugins["acme"].distribution,
-    }
+    # neither shadows the other, whichever sys.path lists first
+    assert "acme" not in registry.plugins
+    assert registry.plugins["acme@first-dist"].target == first
+    assert registry.plugins["acme@second-dist"].target == second
+    assert registry.get("accelerator", "npu").plugin.distribution == "first-dist"
+    assert registry.get("accelerator", "tpu2").plugin.distribution == "second-dist"
+    # qualified by the entry-point name, or by the distribution
+    assert registry.get("accelerator", "second-dist:tpu2").plugin.distribution == "second-dist"
+    assert registry.get("accelerator", "acme:tpu2").plugin.distribution == "second-dist"
+    conflicts = [f for f in registry.failures if f.stage == "name"]
+    assert {f.plugin.name for f in conflicts} == {"acme@first-dist", "acme@second-dist"}
+    for failure in conflicts:
+        assert "first-dist 1.0" in failure.error
+        assert "second-dist 1.0" in failure.error
 
 
 # -- conflicts ----------------------------------------------------------------------------------

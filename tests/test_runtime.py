@@ -207,7 +207,7 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch)
     good = path.read_bytes()
 
     monkeypatch.setattr(switchyard.checkpoint.torch, "save", _failing_save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match="No space left"):
         runtime.save(path, {"model": model, "step": 2})
 
     assert os.listdir(tmp_path) == ["last.pt"]
@@ -219,7 +219,7 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch)
 def test_crash_while_saving_leaves_no_file_under_the_final_name(tmp_path, monkeypatch):
     runtime = cpu_runtime()
     monkeypatch.setattr(switchyard.checkpoint.torch, "save", _failing_save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match="No space left"):
         runtime.save(tmp_path / "first.pt", {"step": 1})
     assert os.listdir(tmp_path) == []
 

@@ -194,6 +194,12 @@ def test_the_worker_that_ended_first_decides_the_job_status(tmp_path):
     assert first_failure({0: failure(1, 101), 1: failure(3, 100)}, None) == (1, 3)
     # killed by a signal: 128 + its number, as a shell reports it
     assert first_failure({0: failure(-signal.SIGABRT)}) == (0, 128 + signal.SIGABRT)
+    # a worker torchrun stopped with SIGTERM after it recorded its own (later) failure is not
+    # the cause when the worker that failed first left no record (seen on a loaded machine)
+    (tmp_path / "1").unlink()
+    (tmp_path / "0").write_text("2000")
+    stopped_after = {0: failure(-signal.SIGTERM), 1: failure(1)}
+    assert first_failure(stopped_after, tmp_path) == (1, 1)
 
 
 def test_torchrun_runs_the_program_through_the_entry_point():

@@ -3,6 +3,8 @@
 This module only re-exports the public API; each name lives in the module named for it.
 """
 
+# first: a broken installed distribution that makes 'import torch' fail is named there
+from switchyard import _torch_import  # noqa: F401
 from switchyard.accelerator import Accelerator, DevicesArg
 from switchyard.entries import (
     AcceleratorEntry,
@@ -13,6 +15,7 @@ from switchyard.entries import (
 )
 from switchyard.environment import ClusterEnvironment
 from switchyard.errors import (
+    ArgumentError,
     CheckpointError,
     DeviceSelectionError,
     PluginConflictError,
@@ -31,6 +34,7 @@ from switchyard.wrappers import RuntimeDataLoader, RuntimeModule, RuntimeOptimiz
 __all__ = [
     "Accelerator",
     "AcceleratorEntry",
+    "ArgumentError",
     "CheckpointError",
     "ClusterEnvironment",
     "DeviceSelectionError",

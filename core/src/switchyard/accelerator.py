@@ -9,14 +9,17 @@ vendor's PrivateUse1 extension included, works with an accelerator that declares
 from __future__ import annotations
 
 import contextlib
+import itertools
+import re
 from abc import ABC
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from types import ModuleType
 from typing import Any, ClassVar
 
 import torch
 
 from switchyard.errors import DeviceSelectionError, SelectionError
+from switchyard.validation import MAX_DEVICES_PER_NODE
 
 DevicesArg = int | str | Sequence[int]
 """What users pass as ``devices=``: ``2``, ``-1`` (all), ``[0, 2]``, ``"0,1"``, ``"2"``, ``"auto"``."""
@@ -65,6 +68,41 @@ def ask_torch(device_type: str, generic: str, module_function: str, *args: Any) 
         except _UNSUPPORTED:
             pass
     return _call(getattr(device_module(device_type), module_function, None), *args)
+
+
+_COUNT_TEXT = re.compile(r"\s*\+?([0-9]+)\s*")
+
+
+def check_devices_limit(devices: object) -> None:
+    """Refuse a ``devices`` request for more than :data:`~switchyard.validation.MAX_DEVICES_PER_NODE`
+    devices per node (a count, a string count, or a list of indices) before anything is built
+    from it: ``devices=10**9`` would otherwise fill the memory with a list of indices. Selection
+    calls this before any accelerator's :meth:`Accelerator.parse_devices`; values of other
+    shapes are left to ``parse_devices``."""
+    count: int | None = None
+    if isinstance(devices, bool):
+        return
+    if isinstance(devices, int):
+        count = devices
+    elif isinstance(devices, str):
+        match = _COUNT_TEXT.fullmatch(devices)
+        if match is not None:
+            digits = match.group(1).lstrip("0")
+            count = int(digits or "0") if len(digits) <= 18 else MAX_DEVICES_PER_NODE + 1
+        elif "," in devices:
+            count = sum(1 for part in devices.split(",") if part.strip())
+    elif isinstance(devices, Sized):
+        count = len(devices)
+    if count is not None and count > MAX_DEVICES_PER_NODE:
+        shown = repr(devices)
+        if len(shown) > 60:
+            shown = f"<{type(devices).__name__} of {count}>"
+        raise DeviceSelectionError(
+            f"devices={shown} asks for {count} devices (processes) on one node, more than the "
+            f"{MAX_DEVICES_PER_NODE} switchyard allows: each is a process with its own "
+            "interpreter and torch. Pass a count the node's devices can carry, -1 for all "
+            "of them, or 'auto'"
+        )
 
 
 def parse_backend(backend: str) -> dict[str, str]:
@@ -212,8 +250,11 @@ class Accelerator(ABC):
 
         Accepts a positive count, ``-1`` for all devices, a list of indices, a comma-separated
         string of indices (``"0,1"``), a string count (``"2"``) or ``"auto"``. Raises
-        :class:`~switchyard.DeviceSelectionError` naming what was asked and what exists.
+        :class:`~switchyard.DeviceSelectionError` naming what was asked and what exists; a
+        request above :data:`~switchyard.validation.MAX_DEVICES_PER_NODE` is refused first
+        (:func:`check_devices_limit`).
         """
+        check_devices_limit(devices)
         count = cls.device_count()
         if isinstance(devices, str):
             text = devices.strip().lower()
@@ -257,7 +298,14 @@ class Accelerator(ABC):
                     f"{count} visible; pass devices={count} or fewer, or devices=-1 for all"
                 )
             return list(range(devices))
-        indices = list(devices)
+        if not isinstance(devices, Iterable):
+            raise DeviceSelectionError(
+                f"devices={devices!r} ({type(devices).__name__}) is not understood; pass a "
+                "count (2), -1 for all, a list of indices ([0, 1] or '0,1') or 'auto'"
+            )
+        # a generator has no length to check beforehand: take one more than the limit allows
+        indices = list(itertools.islice(devices, MAX_DEVICES_PER_NODE + 1))
+        check_devices_limit(indices)
         if not indices:
             raise DeviceSelectionError("devices=[] selects no device; pass at least one index")
         if any(isinstance(i, bool) or not isinstance(i, int) for i in indices):

@@ -1,48 +1,128 @@
 """The ``switchyard`` command: ``plugins`` (what is installed and usable), ``env`` (a bug-report
 dump), ``run`` (launch a script on N devices and nodes), ``conformance`` (run the conformance
-kit on a plugin's entries). Sub-commands register themselves in :data:`COMMANDS`; none is a
+kit on a plugin's entries), ``consolidate`` (one file from a sharded checkpoint). Sub-commands register themselves in :data:`COMMANDS`; none is a
 hard-coded device list."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from switchyard.registry import PluginRegistry, Registration, default_registry
+from switchyard.accelerator import check_devices_limit
+from switchyard.errors import SwitchyardError
+from switchyard.registry import (
+    SLOW_IMPORT_SECONDS,
+    PluginRegistry,
+    Registration,
+    block_hint,
+    default_registry,
+)
+from switchyard.validation import (
+    MAX_DEVICES_PER_NODE,
+    MAX_NUM_NODES,
+    MAX_PORT,
+    MIN_PORT,
+    address_problem,
+    parse_int,
+)
 
 # variables core itself reads or that every torch job may set; plugins add their own through
 # the switchyard_env_report hook
 _CORE_VARIABLES = ("SWITCHYARD_", "TORCH_", "PYTORCH_")
 
 
-def usability(registration: Registration) -> str | None:
-    """``None`` if the entry can be selected here, otherwise why not. Accelerators are asked
-    whether a device is present; other entries only whether their requirements are installed,
-    so that listing never imports a heavy engine."""
-    missing = registration.entry.missing_requirements()
+def _error_text(error: BaseException) -> str:
+    if isinstance(error, SystemExit):
+        return f"SystemExit: sys.exit({error.code!r}) was called"
+    return f"{type(error).__name__}: {error}"
+
+
+def factory_problem(registration: Registration) -> str | None:
+    """Why the entry's ``"module:attr"`` factory cannot be imported, found without running the
+    module (``importlib.util.find_spec``; only its parent packages are imported), or ``None``."""
+    factory = registration.entry.factory
+    if not isinstance(factory, str):
+        return None
+    module = factory.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError as error:
+        return f"its factory {factory!r} cannot be imported: {error}"
+    except (Exception, SystemExit) as error:
+        return f"its factory {factory!r} cannot be imported: {_error_text(error)}"
+    if not found:
+        return f"its factory {factory!r} cannot be imported: no module named {module!r}"
+    return None
+
+
+def usability(registration: Registration, *, check: bool = False) -> str | None:
+    """``None`` if the entry can be selected here, otherwise why not. Accelerators are imported,
+    asked whether a device is present and created; other entries are checked for their
+    requirements and for their factory's module (found, not run), so that listing never
+    imports a heavy engine. With ``check``, every entry is imported and created, as selection
+    would (without binding it to devices)."""
+    from switchyard.selection import _INTERFACES
+
+    try:
+        missing = registration.entry.missing_requirements()
+    except (Exception, SystemExit) as error:
+        return f"its requirements cannot be checked: {_error_text(error)}"
     if missing:
         return f"needs {', '.join(missing)} (not installed)"
-    if registration.kind != "accelerator":
-        return None
+    if registration.kind != "accelerator" and not check:
+        return factory_problem(registration)
     try:
         cls = registration.entry.load()
-        return cls.unavailable_reason()
-    except Exception as error:
-        return f"cannot be imported: {type(error).__name__}: {error}"
+    except (Exception, SystemExit) as error:
+        return f"cannot be imported: {_error_text(error)}"
+    if registration.kind == "accelerator":
+        try:
+            reason = cls.unavailable_reason()
+        except (Exception, SystemExit) as error:
+            return f"unavailable_reason() raised {_error_text(error)}"
+        if reason is not None:
+            return str(reason)
+    try:
+        instance = cls(**registration.entry.init_args)
+    except (Exception, SystemExit) as error:
+        return f"cannot be created: {_error_text(error)}"
+    expected = _INTERFACES[registration.kind]
+    if not isinstance(instance, expected):
+        return (
+            f"its factory built a {type(instance).__qualname__}, which is not a switchyard "
+            f"{expected.__name__}"
+        )
+    return None
 
 
-def plugins_report(registry: PluginRegistry) -> dict[str, Any]:
-    """What ``switchyard plugins --json`` prints."""
+def _auto_accelerator(registry: PluginRegistry) -> dict[str, Any]:
+    """What ``accelerator="auto"`` picks here; what it skips is recorded in the failures."""
+    from switchyard.errors import SwitchyardError
+    from switchyard.selection import _auto_accelerator as pick
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the skips are listed with the failures
+        try:
+            _, name, origin = pick(registry)
+        except SwitchyardError as error:
+            return {"name": None, "origin": None, "error": str(error)}
+    return {"name": name, "origin": origin, "error": None}
+
+
+def plugins_report(registry: PluginRegistry, *, check: bool = False) -> dict[str, Any]:
+    """What ``switchyard plugins --json`` prints; ``check`` imports and creates every entry."""
     entries = []
     for kind in ("accelerator", "strategy", "precision", "environment"):
         conflicts = registry.conflicts(kind)
         for reg in sorted(registry.registrations(kind), key=lambda r: r.entry.name):
-            reason = usability(reg)
+            reason = usability(reg, check=check)
             clash = [
                 r.plugin.name
                 for name in reg.entry.names
@@ -68,10 +148,42 @@ def plugins_report(registry: PluginRegistry) -> dict[str, Any]:
                     "reason": reason,
                 }
             )
+    auto = _auto_accelerator(registry)
+    plugins = []
+    for info in registry.plugins.values():
+        hooks = registry.hook_seconds.get(info.name, 0.0)
+        total = (info.import_seconds or 0.0) + hooks
+        plugins.append(
+            {
+                "name": info.name,
+                "entry_point": info.entry_point,
+                "source": info.source,
+                "distribution": info.distribution,
+                "version": info.version,
+                "target": info.target,
+                "import_seconds": info.import_seconds,
+                "hooks_seconds": hooks,
+                "slow": total > SLOW_IMPORT_SECONDS,
+                "hooks": registry.hook_names(info.name),
+                "block": block_hint(info),
+            }
+        )
     return {
         "autoload": registry.autoload,
         "allowed": list(registry.allowed),
         "blocked": sorted(registry.blocked),
+        "not_loaded": [
+            {
+                "plugin": info.name,
+                "distribution": info.distribution,
+                "version": info.version,
+                "reason": why,
+            }
+            for info, why in registry.not_loaded()
+        ],
+        "slow_import_seconds": SLOW_IMPORT_SECONDS,
+        "plugins": plugins,
+        "auto_accelerator": auto,
         "entries": entries,
         "failures": [
             {
@@ -79,6 +191,7 @@ def plugins_report(registry: PluginRegistry) -> dict[str, Any]:
                 "distribution": f.plugin.distribution,
                 "version": f.plugin.version,
                 "stage": f.stage,
+                "entry": f.entry,
                 "error": f.error,
             }
             for f in registry.failures
@@ -95,7 +208,8 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    report = plugins_report(default_registry())
+    registry = default_registry()
+    report = plugins_report(registry, check=args.check)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -106,18 +220,76 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         name = e["name"] + (f" ({', '.join(e['aliases'])})" if e["aliases"] else "")
         rows.append((e["kind"], name, e["plugin"], dist, status))
     print(_table(rows))
+    auto = report["auto_accelerator"]
+    print(
+        f"\naccelerator='auto' picks: {auto['name']} ({auto['origin']})"
+        if auto["name"]
+        else "\naccelerator='auto' finds nothing usable"
+    )
+    _print_plugins(report)
     if not report["autoload"]:
         print("\nplugin autoload is off (SWITCHYARD_DISABLE_PLUGIN_AUTOLOAD)")
     if report["blocked"]:
         print(f"blocked: {', '.join(report['blocked'])}")
-    if report["failures"]:
-        print("\nplugins that failed to load (skipped; the others work):")
-        for f in report["failures"]:
-            dist = (
-                f" ({f['distribution']} {f['version'] or ''})".rstrip() if f["distribution"] else ""
-            )
-            print(f"  {f['plugin']}{dist} at {f['stage']}: {f['error']}")
+    if report["not_loaded"]:
+        print("\ninstalled plugins that were not loaded:")
+        for n in report["not_loaded"]:
+            print(f"  {n['plugin']}{_dist(n)}: {n['reason']}")
+    sections = (
+        (
+            "plugins that failed to load (skipped; the others work):",
+            [f for f in registry.failures if f.hides_entries],
+        ),
+        (
+            "plugin names claimed by several distributions (all kept, under qualified names):",
+            [f for f in registry.failures if f.stage == "name"],
+        ),
+        (
+            "entries that cannot be used (skipped by 'auto'; the others work):",
+            [f for f in registry.failures if f.entry],
+        ),
+    )
+    for title, failures in sections:
+        if failures:
+            print(f"\n{title}")
+            for f in failures:
+                print(
+                    f"  {f.plugin.describe()}: {f.error}"
+                    if f.stage == "name"
+                    else f"  {f.describe()}"
+                )
     return 0
+
+
+def _dist(row: dict[str, Any]) -> str:
+    if not row["distribution"]:
+        return ""
+    return f" ({row['distribution']} {row['version'] or ''})".replace(" )", ")")
+
+
+def _print_plugins(report: dict[str, Any]) -> None:
+    """Each plugin with its import time; slow ones flagged, with what they cost."""
+    rows = [("PLUGIN", "DISTRIBUTION", "IMPORT", "HOOKS", "")]
+    for p in report["plugins"]:
+        dist = f"{p['distribution']} {p['version'] or ''}".strip() if p["distribution"] else "-"
+        seconds = "-" if p["import_seconds"] is None else f"{p['import_seconds']:.3f} s"
+        rows.append(
+            (p["name"], dist, seconds, f"{p['hooks_seconds']:.3f} s", "SLOW" if p["slow"] else "")
+        )
+    print()
+    print(_table(rows))
+    slow = [p for p in report["plugins"] if p["slow"]]
+    if slow:
+        limit = report["slow_import_seconds"]
+        print(
+            f"\nslow plugins (import and registration above {limit} s): discovery runs in every "
+            "process, so each adds its time to every Runtime() and to every worker of a job. Ask "
+            "their authors to defer heavy imports (docs/plugin-authors.md, 'Lazy imports'), or "
+            "block them:"
+        )
+        for p in slow:
+            total = (p["import_seconds"] or 0.0) + p["hooks_seconds"]
+            print(f"  {p['name']}{_dist(p)}: {total:.2f} s; {p['block']}")
 
 
 def env_report(registry: PluginRegistry) -> dict[str, Any]:
@@ -221,6 +393,11 @@ def _add_plugins(sub: Any) -> None:
         "plugins", help="list installed accelerators, strategies, precisions and environments"
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="import and create every entry, as selecting it would (may import heavy engines)",
+    )
     parser.set_defaults(func=cmd_plugins)
 
 
@@ -233,12 +410,22 @@ def _add_env(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from switchyard.errors import SelectionError
     from switchyard.launchers.torchrun import (
+        check_max_restarts,
         check_port_free,
         run_torchrun,
         torchrun_arguments,
     )
-    from switchyard.selection import ENV_PREFIX, select
+    from switchyard.parallel import TIMEOUT_VARIABLE, parse_timeout
+    from switchyard.selection import ENV_PREFIX, name_origins, select
+
+    max_restarts = check_max_restarts(args.max_restarts, "--max-restarts")
+    timeout = None
+    if args.timeout is not None:
+        timeout = parse_timeout(args.timeout, "--timeout")
+        # the script's Runtime() reads it, like the choices below
+        os.environ[TIMEOUT_VARIABLE] = repr(timeout.total_seconds())
 
     choices = {
         "accelerator": args.accelerator,
@@ -255,13 +442,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ["MASTER_ADDR"] = args.main_address
     if args.main_port is not None:
         os.environ["MASTER_PORT"] = str(args.main_port)
+    if args.num_nodes is not None and args.node_rank >= args.num_nodes:
+        raise SelectionError(
+            f"--node-rank {args.node_rank} is not below --num-nodes {args.num_nodes}: the "
+            f"machines of a job are numbered 0..{args.num_nodes - 1}. Give each machine its own "
+            "--node-rank, 0 on the one whose address is --main-address"
+        )
     # resolve now, in the launcher, so bad choices fail before any process starts
-    plan = select(default_registry(), **choices)
+    try:
+        plan = select(default_registry(), **choices)
+    except SwitchyardError as error:
+        flags = {
+            name: (value, f"--{name.replace('_', '-')}")
+            for name, value in choices.items()
+            if value is not None
+        }
+        flags["NODE_RANK"] = (args.node_rank, "--node-rank")
+        name_origins(error, flags)
+        raise
     command = (
         ["-m", args.script, *args.script_args] if args.module else [args.script, *args.script_args]
     )
     launcher = plan.strategy.launcher
-    if launcher is None or launcher.requires_function:
+    if launcher is not None and launcher.requires_function and max_restarts:
+        raise SelectionError(
+            f"--max-restarts {max_restarts}: torchrun's agent restarts the workers it starts, "
+            f"but strategy {plan.names['strategy']!r} starts its processes itself with "
+            "torch.multiprocessing. Choose a strategy that torchrun starts (ddp, fsdp), or drop "
+            "--max-restarts"
+        )
+    if (launcher is None and not max_restarts) or (launcher and launcher.requires_function):
         # one process, or the script starts its own with torch.multiprocessing
         os.execv(sys.executable, [sys.executable, *command])
     if args.main_port is not None and args.node_rank == 0:
@@ -273,8 +483,74 @@ def cmd_run(args: argparse.Namespace) -> int:
         main_address=os.environ.get("MASTER_ADDR", "127.0.0.1"),
         main_port=args.main_port,
         command=command,
+        max_restarts=max_restarts,
+        timeout=timeout,
     )
     return run_torchrun(arguments)
+
+
+def _name_flag(text: str) -> str:
+    """A name flag (``--accelerator``...): not empty."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; pass a name, or leave the flag out")
+    return text
+
+
+def _devices_flag(text: str) -> str:
+    """``--devices``: not empty, and not more than a node can carry (the accelerator checks the
+    rest when the plan is made)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "is empty; pass a count (2), -1 for all, a list such as 0,1, or auto"
+        )
+    try:
+        check_devices_limit(text)
+    except SwitchyardError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _count_flag(maximum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            return parse_int(text, minimum=1, maximum=maximum)
+        except ValueError as problem:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} {problem}: pass a count from 1 to {maximum}"
+            ) from None
+
+    return parse
+
+
+def _index_flag(maximum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            return parse_int(text, minimum=0, maximum=maximum - 1)
+        except ValueError as problem:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} {problem}: pass an index from 0 (the first machine) up"
+            ) from None
+
+    return parse
+
+
+def _port_flag(text: str) -> int:
+    try:
+        return parse_int(text, minimum=MIN_PORT, maximum=MAX_PORT)
+    except ValueError as problem:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} {problem}: a TCP port is {MIN_PORT}..{MAX_PORT}; leave the flag out on "
+            "one machine to use a free one"
+        ) from None
+
+
+def _address_flag(text: str) -> str:
+    problem = address_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(
+            f"{text[:80]!r} {problem}; pass node 0's host name or IP address"
+        )
+    return text.strip()
 
 
 def _add_run(sub: Any) -> None:
@@ -288,20 +564,59 @@ def _add_run(sub: Any) -> None:
             "and the address of node 0."
         ),
     )
-    parser.add_argument("--accelerator", help="cpu, cuda, ... or auto (see 'switchyard plugins')")
-    parser.add_argument("--strategy", help="ddp, fsdp, ... or auto")
-    parser.add_argument("--devices", help="devices per node: a count, -1, a list like 0,1, or auto")
     parser.add_argument(
-        "--num-nodes", type=int, default=None, help="machines in the job (default 1)"
+        "--accelerator", type=_name_flag, help="cpu, cuda, ... or auto (see 'switchyard plugins')"
     )
-    parser.add_argument("--node-rank", type=int, default=0, help="this machine's index (default 0)")
-    parser.add_argument("--main-address", help="address of node 0 (default 127.0.0.1)")
+    parser.add_argument("--strategy", type=_name_flag, help="ddp, fsdp, ... or auto")
+    parser.add_argument(
+        "--devices",
+        type=_devices_flag,
+        help=f"devices per node: a count (at most {MAX_DEVICES_PER_NODE}), -1, a list like 0,1, "
+        "or auto",
+    )
+    parser.add_argument(
+        "--num-nodes",
+        type=_count_flag(MAX_NUM_NODES),
+        default=None,
+        help=f"machines in the job, 1..{MAX_NUM_NODES} (default 1)",
+    )
+    parser.add_argument(
+        "--node-rank",
+        type=_index_flag(MAX_NUM_NODES),
+        default=0,
+        help="this machine's index, 0..num_nodes-1 (default 0)",
+    )
+    parser.add_argument(
+        "--main-address",
+        type=_address_flag,
+        help="host name or IP address of node 0 (default 127.0.0.1)",
+    )
     parser.add_argument(
         "--main-port",
-        type=int,
-        help="rendezvous port on node 0 (default: a free one, or 29500 for several nodes)",
+        type=_port_flag,
+        help=f"rendezvous port on node 0, {MIN_PORT}..{MAX_PORT} (default: a free one, or 29500 "
+        "for several nodes)",
     )
-    parser.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed, ...")
+    parser.add_argument("--precision", type=_name_flag, help="32-true, bf16-mixed, 16-mixed, ...")
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        help=(
+            "seconds every collective and the rendezvous wait for a missing peer before the job "
+            "fails, naming the ranks that never came: above 0, at most 604800 (default 600; the "
+            "script's own Runtime(timeout=...) wins)"
+        ),
+    )
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        metavar="N",
+        help=(
+            "restart every worker up to N times (0..100) after one fails (torchrun's elastic "
+            "agent); the script resumes from its last checkpoint (default 0)"
+        ),
+    )
     parser.add_argument(
         "-m", "--module", action="store_true", help="SCRIPT is a module name, as with python -m"
     )
@@ -371,7 +686,65 @@ def _add_conformance(sub: Any) -> None:
     parser.set_defaults(func=cmd_conformance)
 
 
-COMMANDS: list[Callable[[Any], None]] = [_add_plugins, _add_env, _add_run, _add_conformance]
+def cmd_consolidate(args: argparse.Namespace) -> int:
+    """``switchyard consolidate SRC DST``: one ``torch.save`` file from a sharded checkpoint."""
+    from pathlib import Path
+
+    from switchyard.checkpoint import consolidate
+
+    state = consolidate(
+        args.source, args.destination, weights_only=args.weights_only, overwrite=args.force
+    )
+    tensors = [v for v in _leaves(state) if hasattr(v, "numel") and hasattr(v, "element_size")]
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    print(
+        f"wrote {args.destination} ({Path(args.destination).stat().st_size} bytes): "
+        f"{len(state)} entries ({', '.join(map(str, state))}), {len(tensors)} tensors of "
+        f"{size} bytes, from {args.source}"
+    )
+    return 0
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [leaf for v in value.values() for leaf in _leaves(v)]
+    if isinstance(value, (list, tuple)):
+        return [leaf for v in value for leaf in _leaves(v)]
+    return [value]
+
+
+def _add_consolidate(sub: Any) -> None:
+    parser = sub.add_parser(
+        "consolidate",
+        help="turn a sharded checkpoint directory into one file a plain nn.Module loads",
+        description=(
+            "Read the sharded checkpoint directory SOURCE (written by runtime.save under a "
+            "sharded strategy such as fsdp, or by torch.distributed.checkpoint) in this one "
+            "process, with no strategy, and write DESTINATION with torch.save: modules as full "
+            "state dicts, optimizers as Optimizer.state_dict() has them, other entries as "
+            "saved. torch.load(DESTINATION, weights_only=True) reads it. Every file of SOURCE is "
+            "read without running code from it unless --no-weights-only is given."
+        ),
+    )
+    parser.add_argument("source", help="the sharded checkpoint directory")
+    parser.add_argument("destination", help="the file to write")
+    parser.add_argument("--force", action="store_true", help="replace DESTINATION if it exists")
+    parser.add_argument(
+        "--no-weights-only",
+        dest="weights_only",
+        action="store_false",
+        help="unpickle arbitrary objects (runs code the files name: trusted checkpoints only)",
+    )
+    parser.set_defaults(func=cmd_consolidate)
+
+
+COMMANDS: list[Callable[[Any], None]] = [
+    _add_plugins,
+    _add_env,
+    _add_run,
+    _add_conformance,
+    _add_consolidate,
+]
 """Functions that add one sub-command each to the parser."""
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 
+from switchyard.errors import SelectionError
+from switchyard.validation import MAX_DEVICES_PER_NODE, parse_int
+
 DEFAULT_MAIN_PORT = 29500
 """``torch.distributed``'s (and torchrun's) default rendezvous port: the main port of a job whose
 nodes must agree on one without talking, when neither ``MASTER_PORT`` nor the scheduler gives
@@ -69,8 +72,16 @@ class ClusterEnvironment(ABC):
         """How many processes run on this node when :attr:`creates_processes_externally` (so
         ``devices="auto"`` can follow the launcher); ``None`` if unknown. Default: the
         ``LOCAL_WORLD_SIZE`` variable torchrun exports, if set."""
-        value = os.environ.get("LOCAL_WORLD_SIZE")
-        return int(value) if value else None
+        value = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+        if not value:
+            return None
+        try:
+            return parse_int(value, minimum=1, maximum=MAX_DEVICES_PER_NODE)
+        except ValueError as problem:
+            raise SelectionError(
+                f"LOCAL_WORLD_SIZE={value[:80]!r} {problem}: it is the number of processes on "
+                f"this node, 1..{MAX_DEVICES_PER_NODE}. Fix or unset it"
+            ) from None
 
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:
         """Raise :class:`~switchyard.SelectionError` if the user's ``devices``/``num_nodes``

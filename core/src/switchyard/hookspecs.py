@@ -131,7 +131,10 @@ def switchyard_runtime_started(runtime: Runtime) -> None:
     """Called in every process once ``runtime.launch()`` has set up the strategy's environment.
 
     ``runtime.global_rank``, ``runtime.world_size`` and ``runtime.device`` are valid here, and the
-    process group (if any) exists. The return value is ignored.
+    process group (if any) exists. The return value is ignored. Each plugin's implementation is
+    called on its own; one that raises stops ``launch()`` with a
+    :class:`~switchyard.registry.PluginHookError` naming the plugin, and the runtime is torn down
+    (every plugin's ``switchyard_runtime_teardown`` included).
     """
 
 
@@ -143,7 +146,9 @@ def switchyard_post_setup(runtime: Runtime, setup: SetupResult) -> None:
     device, wrapped in DDP or sharded); ``setup.optimizers`` are the matching optimizers. A plugin
     may replace either in place, for example ``setup.module = torch.compile(setup.module)``; later
     plugins see the replacement. The user receives the result wrapped by the runtime.
-    The return value is ignored.
+    The return value is ignored. Each plugin's implementation is called on its own; one that
+    raises stops ``runtime.setup()`` with a :class:`~switchyard.registry.PluginHookError` naming
+    the plugin, the later plugins are not called, and no module is returned.
     """
 
 

@@ -8,7 +8,10 @@ strategy built on ``torch.distributed`` can too.
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
@@ -18,7 +21,7 @@ import torch.distributed as dist
 
 from switchyard.accelerator import Accelerator, parse_backend
 from switchyard.environment import ClusterEnvironment
-from switchyard.errors import SelectionError
+from switchyard.errors import SelectionError, SwitchyardError
 from switchyard.launcher import Launcher
 from switchyard.precision import Precision
 from switchyard.strategy import ReduceOp, Strategy
@@ -26,6 +29,23 @@ from switchyard.strategy import ReduceOp, Strategy
 T = TypeVar("T")
 
 StartMethod = Literal["popen", "spawn", "fork", "forkserver"]
+
+DEFAULT_TIMEOUT = timedelta(minutes=10)
+"""How long a collective, the creation of the process group and torchrun's rendezvous wait for a
+missing peer unless ``Runtime(timeout=...)``, ``switchyard run --timeout`` or the strategy's
+``timeout=`` says otherwise: torch's own default for NCCL process groups, instead of the
+30 minutes of silence gloo's default gives. Work one rank does while the others wait at a
+collective (rank 0 writing a large checkpoint, a download in ``rank_zero_first()``) must fit in
+it."""
+
+MAX_TIMEOUT = timedelta(days=7)
+"""The longest timeout accepted."""
+
+TIMEOUT_VARIABLE = "SWITCHYARD_TIMEOUT"
+"""How ``switchyard run --timeout`` hands its timeout (seconds) to the script's ``Runtime()``."""
+
+_CENSUS = "switchyard/census/"
+"""Store keys under which the ranks of a failed collective say that they were waiting in it."""
 
 
 class ParallelStrategy(Strategy):
@@ -37,14 +57,18 @@ class ParallelStrategy(Strategy):
             ``"forkserver"`` start processes with ``torch.multiprocessing`` and need
             ``runtime.launch(function)``.
         process_group_backend: ``"gloo"``, ``"nccl"``...; default: the accelerator's.
-        timeout: how long collectives wait for a missing peer before failing.
+        timeout: how long every collective, the creation of the process group and torchrun's
+            rendezvous wait for a missing peer before the job fails (seconds or a
+            ``timedelta``); default :data:`DEFAULT_TIMEOUT` (10 minutes), or
+            ``Runtime(timeout=...)``. When one times out, the waiting ranks find out which ranks
+            never reached it and name them.
     """
 
     def __init__(
         self,
         start_method: StartMethod = "popen",
         process_group_backend: str | None = None,
-        timeout: timedelta | float = timedelta(minutes=30),
+        timeout: timedelta | float | None = None,
     ) -> None:
         if start_method not in ("popen", "spawn", "fork", "forkserver"):
             raise SelectionError(
@@ -53,8 +77,10 @@ class ParallelStrategy(Strategy):
             )
         self.start_method: StartMethod = start_method
         self._backend = process_group_backend
-        self.timeout = timeout if isinstance(timeout, timedelta) else timedelta(seconds=timeout)
+        self._timeout_given = timeout is not None
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else parse_timeout(timeout)
         self._launcher: Launcher | None = None
+        self._store: Any = None  # the rendezvous store, for finding out who is missing
 
     # -- processes ------------------------------------------------------------------------
 
@@ -108,7 +134,7 @@ class ParallelStrategy(Strategy):
 
             if self.start_method == "popen":
                 self._launcher = TorchrunLauncher(
-                    self.environment, self.num_processes, self.num_nodes
+                    self.environment, self.num_processes, self.num_nodes, timeout=self.timeout
                 )
             else:
                 if self.start_method == "fork":
@@ -162,26 +188,120 @@ class ParallelStrategy(Strategy):
                 "devices= and num_nodes= match the launcher (torchrun --nproc-per-node, "
                 "--nnodes; srun --ntasks-per-node)"
             )
+        check_ranks(self.environment, self.global_rank, self.world_size, self.num_nodes)
         os.environ.setdefault("LOCAL_WORLD_SIZE", str(self.num_processes))
         super().setup_environment()
         if not dist.is_available():
             raise RuntimeError("this torch build has no torch.distributed support")
         if not dist.is_initialized():
-            os.environ["MASTER_ADDR"] = self.environment.main_address
-            os.environ["MASTER_PORT"] = str(self.environment.main_port)
-            backend = self.process_group_backend
-            kwargs: dict[str, Any] = {}
-            if self.root_device.index is not None:
-                # an indexed device (not the host): lets backends such as NCCL bind their
-                # communicators to this process's device eagerly
-                kwargs["device_id"] = self.root_device
+            self._init_process_group()
+
+    def set_runtime_timeout(self, timeout: timedelta, source: str) -> None:
+        """Apply ``Runtime(timeout=...)`` (``source="timeout"``) or ``SWITCHYARD_TIMEOUT``
+        (``source`` is the variable's name) to this strategy. A timeout given to the strategy
+        itself wins over the variable and conflicts with the argument."""
+        if self._timeout_given:
+            if source == TIMEOUT_VARIABLE:
+                return  # chosen in code: wins over the variable, as every choice does
+            if timeout != self.timeout:
+                raise SelectionError(
+                    f"the timeout was given twice: Runtime(timeout={_seconds(timeout)}) and "
+                    f"{type(self).__name__}(timeout={_seconds(self.timeout)}); pass one"
+                )
+        self.timeout = timeout
+        if self._launcher is not None and hasattr(self._launcher, "timeout"):
+            self._launcher.timeout = timeout
+
+    def _init_process_group(self) -> None:
+        """``init_process_group`` through the rendezvous ``env://`` gives (the store torchrun's
+        agent or rank 0 holds), keeping the store: when a collective times out, the ranks that
+        waited use it to find out which never came. A rendezvous or process group that does not
+        form within the timeout fails with the ranks that did not join."""
+        address, port = self.environment.main_address, self.environment.main_port
+        os.environ["MASTER_ADDR"] = address
+        os.environ["MASTER_PORT"] = str(port)
+        backend = self.process_group_backend
+        kwargs: dict[str, Any] = {}
+        if self.root_device.index is not None:
+            # an indexed device (not the host): lets backends such as NCCL bind their
+            # communicators to this process's device eagerly
+            kwargs["device_id"] = self.root_device
+        from torch.distributed.distributed_c10d import PrefixStore
+        from torch.distributed.rendezvous import rendezvous
+
+        rank, world_size = self.global_rank, self.world_size
+        try:
+            store, _, _ = next(rendezvous("env://", rank, world_size, timeout=self.timeout))
+        except Exception as error:
+            host = "torchrun's agent" if _agent_store() else "rank 0"
+            raise SwitchyardError(
+                f"rank {rank} could not reach the rendezvous at {address}:{port} within "
+                f"{_seconds(self.timeout)} s ({type(error).__name__}: {error}). {host.capitalize()} "
+                "holds it: is it running, and is that address reachable from here? A slow start "
+                "of the other ranks needs a longer Runtime(timeout=...)"
+            ) from error
+        store.set_timeout(self.timeout)
+        if _agent_store():
+            # torchrun's agent keeps one store for every attempt of a job: a restarted attempt
+            # (--max-restarts) would read the addresses its failed predecessors published and
+            # connect to dead processes until the timeout. Each attempt gets its own keys.
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            store = PrefixStore(f"switchyard/attempt_{attempt}", store)
+        self._store = store
+        try:
+            # what init_process_group does with the store of its own rendezvous
             dist.init_process_group(
                 backend,
-                rank=self.global_rank,
-                world_size=self.world_size,
+                store=PrefixStore("default_pg", store),
+                rank=rank,
+                world_size=world_size,
                 timeout=self.timeout,
                 **kwargs,
             )
+        except Exception as error:
+            if not is_timeout(error):
+                raise
+            missing = self._census("the creation of the process group", error)
+            raise SwitchyardError(
+                f"rank {rank}: the process group was not formed within the timeout of "
+                f"{_seconds(self.timeout)} s: {_missing_text(missing, world_size, joining=True)}"
+            ) from error
+
+    def explain_failure(self, error: BaseException, what: str = "a collective") -> str | None:
+        """When ``error`` is a collective that timed out (anywhere: the runtime's collectives,
+        DDP's or FSDP's own, the user's ``torch.distributed`` calls), find out which ranks never
+        reached it, through the rendezvous store, and say so (also to the supervisor, which then
+        names them); ``None`` for other errors. Costs nothing until a collective fails: each
+        waiting rank writes one key and waits a few seconds (:func:`census_grace`) for the
+        others."""
+        if self.world_size <= 1 or not is_timeout(error) or not dist.is_initialized():
+            return None
+        missing = self._census(what, error)
+        return (
+            f"rank {self.global_rank} waited {_seconds(self.timeout)} s (the timeout) in {what} "
+            f"that did not complete: {_missing_text(missing, self.world_size)}"
+        )
+
+    def _census(self, what: str, error: BaseException) -> list[int] | None:
+        """The ranks that did not report, within :func:`census_grace`, that they too were
+        waiting; ``None`` when the store cannot be reached. Recorded for the supervisor."""
+        store = self._store
+        if store is None and dist.is_initialized():
+            store = dist.distributed_c10d._get_default_store()
+        if store is None:
+            return None
+        missing = census(store, self.global_rank, self.world_size, census_grace(self.timeout))
+        if missing is not None:
+            _record(
+                {
+                    "rank": self.global_rank,
+                    "missing": missing,
+                    "what": what,
+                    "timeout": _seconds(self.timeout),
+                    "error": f"{type(error).__name__}: {error}"[:500],
+                }
+            )
+        return missing
 
     def teardown(self) -> None:
         # torch warns, and gloo can abort the process at exit, without this
@@ -225,6 +345,148 @@ class ParallelStrategy(Strategy):
     def barrier(self, name: str | None = None) -> None:
         if dist.is_initialized():
             dist.barrier()
+
+
+def parse_timeout(value: object, source: str = "timeout") -> timedelta:
+    """``value`` (seconds as a number, or a ``timedelta``; a number in a string when ``source``
+    is a variable) as a timeout: positive and at most :data:`MAX_TIMEOUT`. A
+    :class:`~switchyard.SelectionError` naming ``source`` otherwise."""
+    seconds: float | None = None
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and source != "timeout":
+        try:
+            seconds = float(value.strip())
+        except ValueError:
+            seconds = None
+    limit = int(MAX_TIMEOUT.total_seconds())
+    if seconds is None or not math.isfinite(seconds) or not 0 < seconds <= limit:
+        spelled = f"{source}={value!r}"
+        raise SelectionError(
+            f"{spelled} is not a timeout: give the seconds a collective may wait for a missing "
+            f"peer, a number above 0 and at most {limit} (7 days), or a datetime.timedelta; the "
+            f"default is {int(DEFAULT_TIMEOUT.total_seconds())} s"
+        )
+    return timedelta(seconds=seconds)
+
+
+def census_grace(timeout: timedelta) -> float:
+    """How long a rank whose collective timed out waits for the other waiting ranks to say so
+    before naming those that did not: a twentieth of the timeout, from 2 to 30 s. A rank that
+    reached the collective more than that after the others is named too (it is that far
+    behind)."""
+    return min(max(timeout.total_seconds() / 20, 2.0), 30.0)
+
+
+def census(store: Any, rank: int, world_size: int, grace: float) -> list[int] | None:
+    """Say in ``store`` that ``rank`` is waiting, wait up to ``grace`` seconds until all
+    ``world_size`` ranks did, and return those that did not (sorted); ``None`` when the store
+    cannot be used (its host is gone)."""
+    try:
+        store.set_timeout(timedelta(seconds=max(grace, 1.0)))
+        store.set(f"{_CENSUS}{rank}", "waiting")
+        arrived = int(store.add(f"{_CENSUS}count", 1))
+        deadline = time.monotonic() + grace
+        while arrived < world_size and time.monotonic() < deadline:
+            time.sleep(0.05)
+            arrived = int(store.add(f"{_CENSUS}count", 0))
+        return [r for r in range(world_size) if not store.check([f"{_CENSUS}{r}"])]
+    except Exception:
+        return None
+
+
+_DISTRIBUTED_WORDS = ("gloo", "nccl", "c10d", "store", "watchdog", "process group")
+"""Words of the errors ``torch.distributed``'s backends raise as plain ``RuntimeError``s."""
+
+
+def is_timeout(error: BaseException) -> bool:
+    """Whether ``error``, or an exception it was raised from, is a ``torch.distributed``
+    operation that timed out (gloo: "[.../gloo/...] Timed out waiting 5000ms for recv"; the
+    store: ``DistStoreError`` "wait timeout"; NCCL's watchdog: "collective operation
+    timeout"), not any error that mentions a timeout."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current).lower()
+        distributed = isinstance(current, dist.DistError) or (
+            isinstance(current, RuntimeError) and any(w in text for w in _DISTRIBUTED_WORDS)
+        )
+        if distributed and ("timed out" in text or "timeout" in text):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def check_ranks(
+    environment: ClusterEnvironment, rank: int, world_size: int, num_nodes: int
+) -> None:
+    """Refuse, before any store or process group exists, ranks no job can have: they would
+    wait in the rendezvous until the timeout. The built-in environments check their own
+    variables earlier (in selection); this catches every other environment."""
+    name = type(environment).__name__
+    problems = []
+    if world_size < 1:
+        problems.append(f"a world size of {world_size}")
+    elif not 0 <= rank < world_size:
+        problems.append(f"global rank {rank} (the ranks are 0..{world_size - 1})")
+    local_rank, node_rank = environment.local_rank(), environment.node_rank()
+    if local_rank < 0:
+        problems.append(f"local rank {local_rank}")
+    if not 0 <= node_rank < num_nodes:
+        problems.append(f"node rank {node_rank} (num_nodes={num_nodes})")
+    if problems:
+        raise SelectionError(
+            f"{name} reports {', '.join(problems)} for this process, which no job of "
+            f"{world_size} process(es) has; its variables are inconsistent. Fix them (see "
+            "'switchyard env'), or start the job through its launcher unchanged"
+        )
+
+
+def _agent_store() -> bool:
+    return os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() in ("1", "true")
+
+
+def _seconds(timeout: timedelta) -> float | int:
+    seconds = timeout.total_seconds()
+    return int(seconds) if seconds == int(seconds) else round(seconds, 3)
+
+
+def _missing_text(missing: list[int] | None, world_size: int, joining: bool = False) -> str:
+    if missing is None:
+        return (
+            "the rendezvous store is unreachable too, so which ranks are missing is unknown "
+            "(the process holding it, torchrun's agent or rank 0, is gone); see the other "
+            "ranks' output"
+        )
+    if not missing and joining:
+        return (
+            f"all {world_size} ranks joined, but could not connect to each other (the error "
+            "above says how): check that the address each host publishes is reachable from the "
+            "others (GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME) and that no firewall is in the way"
+        )
+    if not missing:
+        return (
+            f"all {world_size} ranks were waiting, so none stalled: they called different "
+            "collectives, or the same ones in a different order (a rank skipped one)"
+        )
+    ranks = ", ".join(map(str, missing))
+    it = "joined" if joining else "reached it"
+    which = f"rank {ranks} never {it}" if len(missing) == 1 else f"ranks {ranks} never {it}"
+    return (
+        f"{which}: stalled, stuck outside the collectives, or that much slower than the others. "
+        "Look at what that rank was doing; if it is legitimately slow (a large save, a download), "
+        "raise Runtime(timeout=...) or switchyard run --timeout"
+    )
+
+
+def _record(diagnosis: dict[str, Any]) -> None:
+    """Leave the diagnosis for switchyard's supervisor, when it started this process."""
+    from switchyard.launchers.worker import record_diagnosis
+
+    record_diagnosis(json.dumps(diagnosis))
 
 
 def check_backend(backend: str, strategy: str, accelerator: type[Accelerator]) -> None:

@@ -11,8 +11,9 @@ import sys
 import types
 import warnings
 import weakref
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -25,9 +26,10 @@ from torch.utils.data import DataLoader
 from switchyard import seed as _seed
 from switchyard.accelerator import Accelerator, DevicesArg
 from switchyard.environment import ClusterEnvironment
+from switchyard.errors import ArgumentError, SelectionError, SwitchyardError
 from switchyard.parameters import ParameterNames
 from switchyard.precision import Precision
-from switchyard.registry import PluginRegistry, default_registry
+from switchyard.registry import PluginHookError, PluginRegistry, block_hint, default_registry
 from switchyard.selection import Plan, select
 from switchyard.strategy import ReduceOp, Strategy, normalize_reduce_op
 from switchyard.wrappers import (
@@ -68,6 +70,11 @@ class Runtime:
             to block an installed plugin; or ``Accelerator``/``Strategy``/``Precision``/
             ``ClusterEnvironment`` instances, used as if passed to their own argument.
         environment: a cluster environment name, ``"auto"`` (detect) or an instance.
+        timeout: how long every collective, the creation of the process group and torchrun's
+            rendezvous wait for a missing peer, in seconds or as a ``timedelta`` (above 0, at
+            most 7 days); default 10 minutes (``switchyard.parallel.DEFAULT_TIMEOUT``), or
+            ``switchyard run --timeout``. When it runs out, the job ends with a non-zero status
+            and the ranks that never reached the collective are named.
 
     Example::
 
@@ -91,9 +98,12 @@ class Runtime:
         precision: str | int | Precision | None = None,
         plugins: Sequence[object] | None = None,
         environment: str | ClusterEnvironment | None = None,
+        timeout: float | timedelta | None = None,
     ) -> None:
+        # before anything is discovered or selected: a bad timeout is the caller's mistake
+        chosen_timeout = _timeout_argument(timeout)
         hook_plugins: list[object] = []
-        for plugin in plugins or ():
+        for plugin in _plugins_list(plugins):
             if isinstance(plugin, Accelerator):
                 accelerator = _only_once("accelerator", accelerator, plugin)
             elif isinstance(plugin, Strategy):
@@ -117,6 +127,8 @@ class Runtime:
             precision=precision,
             environment=environment,
         )
+        if chosen_timeout is not None:
+            _apply_timeout(self.plan, *chosen_timeout)
         self._launched = False
         self._torn_down = False
         self._failed = False
@@ -225,7 +237,19 @@ class Runtime:
         atexit.register(self._teardown_at_exit)
         if self.world_size > 1:
             _name_rank_in_tracebacks(self)
-        self.registry.hook.switchyard_runtime_started(runtime=self)
+        # each plugin on its own: the first that raises stops the start, names the plugin,
+        # and the runtime is torn down (the other plugins' teardown hooks included) so that no
+        # half-started run is left behind
+        try:
+            self.registry.call_lifecycle_hook(
+                "switchyard_runtime_started",
+                runtime=self,
+                consequence="runtime.launch() stopped and the runtime was torn down.",
+            )
+        except PluginHookError:
+            self._failed = True
+            self.teardown()
+            raise
 
     def __getstate__(self) -> dict[str, Any]:
         # for launch(fn) with spawn: pluggy's manager and plugin modules do not pickle, so
@@ -265,35 +289,48 @@ class Runtime:
             return
         self._torn_down = True
         atexit.unregister(self._teardown_at_exit)
+        stalled: str | None = None
         if not self._failed and self.world_size > 1:
             # every process reaches the end before any tears its process group down, so no
             # process's exit races the last messages of a peer (gloo aborts or hangs then)
             try:
                 self.strategy.barrier("teardown")
             except Exception as error:
-                # a peer ended without reaching it (it failed; its own report says why): this
-                # process's run is complete, so tear down and let the launcher report the peer
-                warnings.warn(
-                    f"rank {self.global_rank}: not every process reached the end of the run, "
-                    f"tearing down without them ({type(error).__name__}: {error})",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-        try:
-            # each plugin on its own, last registered first: one failing must not stop the rest
-            for impl in reversed(self.registry.hook.switchyard_runtime_teardown.get_hookimpls()):
-                try:
-                    # pluggy lets an implementation take fewer arguments than the spec
-                    impl.function(**dict.fromkeys(impl.argnames, self))
-                except Exception as error:
+                stalled = _explain(self, error, "the end-of-run barrier")
+                if stalled is None:
+                    # a peer ended without reaching it (it failed; its own report says why):
+                    # this process's run is complete, so tear down and let the launcher report
+                    # the peer
                     warnings.warn(
-                        f"plugin {impl.plugin_name!r} failed in switchyard_runtime_teardown: "
-                        f"{type(error).__name__}: {error}",
+                        f"rank {self.global_rank}: not every process reached the end of the "
+                        f"run, tearing down without them ({type(error).__name__}: {error})",
                         RuntimeWarning,
                         stacklevel=2,
                     )
+                else:
+                    # peers still running, stuck: this process fails so that the launcher ends
+                    # the job instead of waiting for them for ever (raised below)
+                    print(f"switchyard: {stalled}", file=sys.stderr, flush=True)
+                    self._failed = True
+        try:
+            # each plugin on its own, last registered first: one failing must not stop the rest
+            failures = self.registry.call_lifecycle_hook(
+                "switchyard_runtime_teardown", stop=False, runtime=self
+            )
+            for failure in failures:
+                warnings.warn(
+                    f"plugin {failure.plugin.describe()} failed in switchyard_runtime_teardown: "
+                    f"{failure.error}; the other plugins and the strategy were torn down. Fix or "
+                    f"update the plugin, or stop it from loading: {block_hint(failure.plugin)}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         finally:
             self.strategy.teardown()
+        if stalled is not None:
+            global _teardown_timed_out
+            _teardown_timed_out = True
+            raise SwitchyardError(stalled)
 
     def _teardown_at_exit(self) -> None:
         # Only the teardown: the process then ends as its launcher has it. The workers of
@@ -304,7 +341,16 @@ class Runtime:
         # normally, as a raw PyTorch job does.
         if _exit_failed:
             self._failed = True
-        self.teardown()
+        try:
+            self.teardown()
+        except SwitchyardError:
+            # peers never reached the end of the run (already reported): under switchyard's
+            # launcher the worker entry point ends this process with status 1; under one the
+            # user started, end it here, or its launcher would wait for the stuck peers forever
+            if not os.environ.get(_SUPERVISOR_VARIABLE):
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -352,9 +398,20 @@ class Runtime:
         # ... and whatever it replaced while wrapping, the user's optimizers follow
         for optimizer in prepared:
             names.repoint(optimizer, original)
-        self._parameter_names.append(names)
         result = SetupResult(module=module, optimizers=list(prepared), original_module=original)
-        self.registry.hook.switchyard_post_setup(runtime=self, setup=result)
+        # each plugin on its own; the first that raises stops setup: no module is returned, so
+        # nobody trains one that only some plugins prepared
+        self.registry.call_lifecycle_hook(
+            "switchyard_post_setup",
+            runtime=self,
+            setup=result,
+            consequence=(
+                "runtime.setup() stopped and returned nothing: the module the strategy prepared "
+                "was handed to only some plugins; create the module (and its optimizers) again "
+                "before calling setup() once more."
+            ),
+        )
+        self._parameter_names.append(names)
         wrapped = RuntimeModule(result.module, strategy.precision, original)
         self._modules.append(wrapped)
         return wrapped, [RuntimeOptimizer(o, strategy) for o in result.optimizers]
@@ -503,22 +560,33 @@ class Runtime:
     def all_reduce(self, data: Any, op: ReduceOp = "mean") -> Any:
         """Reduce tensors (or numbers) in a nested structure across processes: ``"sum"``,
         ``"mean"``, ``"max"``, ``"min"`` or ``"product"``."""
-        normalized = normalize_reduce_op(op)
+        normalized = _reduce_op(op)
         return tree_map(
-            lambda x: self.strategy.all_reduce(_as_tensor(x, self.device), op=normalized), data
+            lambda x: self.strategy.all_reduce(
+                _as_tensor(x, self.device, "all_reduce"), op=normalized
+            ),
+            data,
         )
 
     def all_gather(self, data: Any) -> Any:
         """Gather tensors in a nested structure from every process, stacked along a new first
         dimension of size ``world_size``."""
-        return tree_map(lambda x: self.strategy.all_gather(_as_tensor(x, self.device)), data)
+        return tree_map(
+            lambda x: self.strategy.all_gather(_as_tensor(x, self.device, "all_gather")), data
+        )
 
     def broadcast(self, obj: T, src: int = 0) -> T:
         """Send a picklable object from rank ``src`` to every process."""
+        _check_src(src, self.world_size)
         return self.strategy.broadcast(obj, src=src)
 
     def barrier(self, name: str | None = None) -> None:
         """Wait until every process reaches this point."""
+        if name is not None and not isinstance(name, str):
+            raise ArgumentError(
+                f"barrier name={name!r} ({type(name).__name__}) must be a string or None; it "
+                "names the barrier in messages"
+            )
         self.strategy.barrier(name)
 
     @contextlib.contextmanager
@@ -542,7 +610,14 @@ class Runtime:
     ) -> None:
         """Save ``state`` (modules, optimizers, anything with ``state_dict``, plain values) to
         ``path``, atomically. Single-file strategies write from global rank zero only; sharded
-        strategies write one directory together."""
+        strategies write one directory together, every sharded tensor in ``state`` included
+        (single-file strategies refuse one, naming its key). A failed save raises
+        :class:`~switchyard.errors.CheckpointError` with the path and the cause on every process
+        and leaves the previous checkpoint as it was; temporaries of killed saves of ``path``
+        are deleted first."""
+        path = _checked_path(path, "save")
+        _check_state(state, "save", allow_none=False)
+        _check_filter(filter, state)
         self.strategy.save_checkpoint(Path(path), _unwrap_state(state), filter=filter)
 
     def load(
@@ -554,7 +629,23 @@ class Runtime:
     ) -> dict[str, Any]:
         """Restore objects in ``state`` in place from ``path`` (plain values in a dict ``state``
         are replaced). Returns what the checkpoint holds beyond ``state``; with ``state=None``,
-        everything. ``weights_only=False`` allows arbitrary pickles: trusted files only."""
+        everything. Any strategy reads any checkpoint: a sharded directory is read whole by a
+        strategy that does not shard. No file is unpickled without the restrictions of
+        ``weights_only=True`` (docs/security.md); ``weights_only=False`` allows arbitrary
+        pickles: trusted files only."""
+        path = _checked_path(path, "load")
+        _check_state(state, "load", allow_none=True)
+        for name, flag in (("strict", strict), ("weights_only", weights_only)):
+            if not isinstance(flag, bool):
+                raise ArgumentError(
+                    f"load {name}={flag!r} ({type(flag).__name__}) must be True or False; a "
+                    "value that merely looks true or false is refused"
+                    + (
+                        ", since weights_only decides whether the file may run code"
+                        if name == "weights_only"
+                        else ""
+                    )
+                )
         unwrapped = _unwrap_state(state or {})
         remainder = self.strategy.load_checkpoint(
             Path(path), unwrapped, strict=strict, weights_only=weights_only
@@ -568,14 +659,70 @@ class Runtime:
 
 def _run_in_process(runtime: Runtime, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     runtime._launched = True
-    runtime._setup_process()
     try:
+        runtime._setup_process()
         return function(runtime, *args, **kwargs)
-    except BaseException:
+    except BaseException as error:
         runtime._failed = True
+        explanation = _explain(runtime, error)
+        if explanation is not None:
+            # travels with the traceback torch.multiprocessing sends to the launching process
+            if hasattr(error, "add_note"):
+                error.add_note(f"switchyard: {explanation}")
+            else:
+                print(f"switchyard: {explanation}", file=sys.stderr, flush=True)
         raise
     finally:
         runtime.teardown()
+
+
+_SUPERVISOR_VARIABLE = "SWITCHYARD_SUPERVISOR_PID"
+"""Set in the workers switchyard's torchrun launcher starts (as
+``switchyard.launchers.worker.SUPERVISOR_VARIABLE``, which this module does not import)."""
+
+_teardown_timed_out = False
+"""Whether this process's teardown found peers that never reached the end of the run; the
+worker entry point (``switchyard.launchers.worker``) then ends the process with status 1."""
+
+
+def _explain(runtime: Runtime, error: BaseException, what: str | None = None) -> str | None:
+    """The strategy's account of a failed collective (which ranks never reached it), if it
+    gives one (``ParallelStrategy.explain_failure``); never raises."""
+    explain = getattr(runtime.strategy, "explain_failure", None)
+    if explain is None:
+        return None
+    try:
+        result = explain(error) if what is None else explain(error, what)
+    except Exception:
+        return None
+    return result if isinstance(result, str) else None
+
+
+def _timeout_argument(timeout: object) -> tuple[timedelta, str] | None:
+    """``(timeout, where it came from)``: ``Runtime(timeout=...)``, else ``SWITCHYARD_TIMEOUT``
+    (what ``switchyard run --timeout`` sets), else ``None``; validated either way."""
+    from switchyard.parallel import TIMEOUT_VARIABLE, parse_timeout
+
+    if timeout is not None:
+        return parse_timeout(timeout, "timeout"), "timeout"
+    value = os.environ.get(TIMEOUT_VARIABLE, "")
+    if not value.strip():
+        return None
+    return parse_timeout(value, TIMEOUT_VARIABLE), TIMEOUT_VARIABLE
+
+
+def _apply_timeout(plan: Plan, timeout: timedelta, source: str) -> None:
+    """Give the timeout to the strategy; a distributed strategy that cannot take one is an
+    error (a silently ignored timeout would leave the job unbounded)."""
+    apply = getattr(plan.strategy, "set_runtime_timeout", None)
+    if apply is not None:
+        apply(timeout, source)
+    elif plan.world_size > 1 and source == "timeout":
+        raise SelectionError(
+            f"strategy {plan.names['strategy']!r} ({type(plan.strategy).__name__}) takes no "
+            "timeout: it is not built on switchyard.parallel.ParallelStrategy. Configure its "
+            "timeout the way its plugin documents, and drop timeout= from Runtime()"
+        )
 
 
 _exit_failed = False
@@ -614,6 +761,11 @@ def _name_rank_in_tracebacks(runtime: Runtime) -> None:
                 file=sys.stderr,
             )
         previous(kind, value, tb)
+        if failed is not None and not issubclass(kind, KeyboardInterrupt):
+            # a collective that timed out: which ranks never reached it (they are the cause)
+            explanation = _explain(failed, value)
+            if explanation is not None:
+                print(f"switchyard: {explanation}", file=sys.stderr, flush=True)
 
     sys.excepthook = hook
 
@@ -659,7 +811,128 @@ def _unwrap_state(state: Mapping[str, Any]) -> dict[str, Any]:
     return unwrapped
 
 
-def _as_tensor(value: Any, device: torch.device) -> torch.Tensor:
+def _as_tensor(value: Any, device: torch.device, what: str) -> torch.Tensor:
+    """A leaf of a collective's data as a tensor: tensors as they are; numbers and what else
+    ``torch.tensor`` takes (NumPy arrays and scalars) converted; anything else refused."""
     if isinstance(value, torch.Tensor):
         return value
-    return torch.tensor(value, device=device)
+    refusal = (
+        f"{what} data holds {_short(value)} ({type(value).__name__}), which is not a tensor or "
+        "a number; pass tensors or numbers, alone or in lists, tuples and dicts (use "
+        "broadcast() for other objects)"
+    )
+    if isinstance(value, (str, bytes)):
+        raise ArgumentError(refusal)
+    try:
+        return torch.tensor(value, device=device)
+    except (OverflowError, RuntimeError, ValueError, TypeError) as error:
+        if isinstance(value, (int, float, complex)):
+            raise ArgumentError(
+                f"{what}: the number {_short(value)} does not fit in a tensor ({error}); pass "
+                "a tensor of a wide enough dtype"
+            ) from None
+        raise ArgumentError(refusal) from None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:50]}..."
+
+
+def _plugins_list(plugins: object) -> list[object]:
+    """``Runtime(plugins=...)`` as a list; a string, a number or another non-list is refused
+    (a string would be taken letter by letter)."""
+    if plugins is None:
+        return []
+    if isinstance(plugins, (str, bytes)) or not isinstance(plugins, Iterable):
+        raise ArgumentError(
+            f"plugins={_short(plugins)} must be a list: of plugin modules or objects, of "
+            "Accelerator/Strategy/Precision/ClusterEnvironment instances, or of 'no:NAME' "
+            "strings that block an installed plugin; e.g. plugins=['no:acme']"
+        )
+    return list(plugins)
+
+
+def _reduce_op(op: object) -> ReduceOp:
+    try:
+        return normalize_reduce_op(op)  # type: ignore[arg-type]
+    except ValueError as error:
+        raise ArgumentError(str(error)) from None
+
+
+def _check_src(src: object, world_size: int) -> None:
+    if isinstance(src, bool) or not isinstance(src, int):
+        raise ArgumentError(
+            f"broadcast src={src!r} ({type(src).__name__}) must be an integer rank, "
+            f"0..{world_size - 1}"
+        )
+    if not 0 <= src < world_size:
+        raise ArgumentError(
+            f"broadcast src={src} is not a rank of this job: its {world_size} process(es) have "
+            f"ranks 0..{world_size - 1}"
+        )
+
+
+def _checked_path(path: object, what: str) -> str | os.PathLike[str]:
+    """A checkpoint path: a non-empty ``str`` or ``os.PathLike`` of ``str``."""
+    if isinstance(path, str) or (isinstance(path, os.PathLike) and not isinstance(path, bytes)):
+        text = os.fspath(path)
+        if isinstance(text, str) and text.strip() and "\0" not in text:
+            return path
+    raise ArgumentError(
+        f"{what} path={_short(path)} ({type(path).__name__}) must be a file or directory name "
+        "as a non-empty str or pathlib.Path, e.g. 'checkpoints/last.pt'"
+    )
+
+
+def _check_state(state: object, what: str, *, allow_none: bool) -> None:
+    if state is None and allow_none:
+        return
+    if not isinstance(state, Mapping):
+        raise ArgumentError(
+            f"{what} state={_short(state)} ({type(state).__name__}) must be a dict of names to "
+            "modules, optimizers, objects with state_dict() and plain values, e.g. "
+            "{'model': model, 'optimizer': optimizer, 'step': step}"
+            + ("; or None" if allow_none else "")
+        )
+    bad = [key for key in state if not isinstance(key, str)]
+    if bad:
+        raise ArgumentError(
+            f"{what} state has the key {_short(bad[0])} ({type(bad[0]).__name__}); its keys "
+            "must be strings, the names the checkpoint stores each object under"
+        )
+
+
+def _check_filter(filter: object, state: Mapping[str, Any]) -> None:
+    """``save(filter=...)``: ``None``, or a dict from keys of ``state`` to predicates
+    ``(name, value) -> bool`` over that object's state dict."""
+    if filter is None:
+        return
+    if not isinstance(filter, Mapping):
+        raise ArgumentError(
+            f"save filter={_short(filter)} ({type(filter).__name__}) must be a dict from keys "
+            "of state to functions (name, value) -> bool, e.g. filter={'model': lambda name, "
+            "value: 'lora' in name}"
+        )
+    for key, predicate in filter.items():
+        if key not in state:
+            raise ArgumentError(
+                f"save filter names {_short(key)}, which is not a key of state "
+                f"({', '.join(repr(k) for k in state) or 'none'}); filter keys pick the "
+                "objects whose state dicts are filtered"
+            )
+        if not callable(predicate):
+            raise ArgumentError(
+                f"save filter[{key!r}]={_short(predicate)} ({type(predicate).__name__}) must "
+                "be a function (name, value) -> bool that keeps the entries it is true for"
+            )
+        target = state[key]
+        if not (
+            isinstance(target, (Mapping, nn.Module, Optimizer, RuntimeModule, RuntimeOptimizer))
+            or callable(getattr(target, "state_dict", None))
+        ):
+            raise ArgumentError(
+                f"save filter[{key!r}] applies to state[{key!r}]={_short(target)} "
+                f"({type(target).__name__}), which has no state dict to filter (a module, an "
+                "optimizer, an object with state_dict() or a dict); drop it from filter"
+            )

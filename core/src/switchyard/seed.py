@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 import random
 import sys
@@ -9,6 +10,9 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from switchyard.errors import ArgumentError
+from switchyard.validation import parse_int
 
 if TYPE_CHECKING:
     from switchyard.accelerator import Accelerator
@@ -27,7 +31,7 @@ def track_accelerator(accelerator: Accelerator) -> None:
     ``Strategy.setup_environment`` in every process."""
     _accelerators.add(accelerator)
     if ENV_SEED in os.environ:
-        accelerator.manual_seed(int(os.environ[ENV_SEED]))
+        accelerator.manual_seed(_environment_seed())
 
 
 def seed_everything(seed: int | None = None, workers: bool = False) -> int:
@@ -39,10 +43,18 @@ def seed_everything(seed: int | None = None, workers: bool = False) -> int:
     to child processes. Returns the seed used.
     """
     if seed is None:
-        seed = int(os.environ.get(ENV_SEED, 0))
-    if not 0 <= int(seed) <= _MAX_SEED:
-        raise ValueError(f"seed={seed} is out of range; pass an integer in [0, {_MAX_SEED}]")
-    seed = int(seed)
+        seed = _environment_seed()
+    try:
+        # integers only (NumPy's too): int(1.5) would be 1, and two seeds must not seed alike
+        if isinstance(seed, bool):
+            raise TypeError
+        seed = operator.index(seed)
+    except TypeError:
+        raise ArgumentError(
+            f"seed={seed!r} ({type(seed).__name__}) must be an integer in [0, {_MAX_SEED}]"
+        ) from None
+    if not 0 <= seed <= _MAX_SEED:
+        raise ArgumentError(f"seed={seed} is out of range; pass an integer in [0, {_MAX_SEED}]")
     os.environ[ENV_SEED] = str(seed)
     os.environ[ENV_SEED_WORKERS] = "1" if workers else "0"
     random.seed(seed)
@@ -66,7 +78,7 @@ def worker_init_function(worker_id: int, rank: int | None = None) -> None:
     mixed through torch's generator, so neighbouring ranks and workers get unrelated seeds
     rather than consecutive ones.
     """
-    global_seed = int(os.environ.get(ENV_SEED, 0))
+    global_seed = _environment_seed()
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     base_seed = torch.initial_seed()
     generator = torch.Generator().manual_seed(
@@ -79,3 +91,18 @@ def worker_init_function(worker_id: int, rank: int | None = None) -> None:
     numpy: Any = sys.modules.get("numpy")
     if numpy is not None:
         numpy.random.seed(seed)
+
+
+def _environment_seed() -> int:
+    """``SWITCHYARD_GLOBAL_SEED`` (what :func:`seed_everything` exports), 0 when unset; an
+    :class:`~switchyard.errors.ArgumentError` naming it when it is not a seed."""
+    value = os.environ.get(ENV_SEED, "")
+    if not value.strip():
+        return 0
+    try:
+        return parse_int(value, minimum=0, maximum=_MAX_SEED)
+    except ValueError as problem:
+        raise ArgumentError(
+            f"{ENV_SEED}={value[:80]!r} {problem}: it holds the seed seed_everything() exported, "
+            f"an integer in [0, {_MAX_SEED}]. Fix or unset it, or pass the seed explicitly"
+        ) from None

@@ -2,26 +2,47 @@
 
 Each argument is a name, ``"auto"`` or an instance. Names are looked up in the registry; unknown
 names get the closest known names as suggestions and, when a first-party plugin would provide
-them, the command that installs it. Incompatible combinations fail here, saying what is supported.
+them, the command that installs it (or, when that plugin is installed but blocked, that it is
+blocked). Incompatible combinations fail here, saying what is supported.
+
+Plugin code is isolated here too. ``"auto"`` skips an entry whose factory cannot be imported,
+whose constructor or ``is_available()``/``detect()`` raises, that builds the wrong type, or whose
+name two plugins claim; each skip is recorded in the registry's failures (shown by
+``switchyard plugins``), warned about once per process, and listed in the error when nothing is
+left. An entry chosen by name that fails the same way raises
+:class:`~switchyard.errors.PluginSelectionError`, naming the plugin and its distribution and
+chained to the plugin's exception.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
 import os
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec
 
 import torch
 
 from switchyard import first_party
-from switchyard.accelerator import Accelerator, DevicesArg
-from switchyard.entries import EntryKind, StrategyEntry
+from switchyard.accelerator import Accelerator, DevicesArg, check_devices_limit
+from switchyard.entries import EntryKind, StrategyEntry, normalize_name
 from switchyard.environment import ClusterEnvironment
-from switchyard.errors import SelectionError
+from switchyard.errors import (
+    PluginConflictError,
+    PluginSelectionError,
+    SelectionError,
+    SwitchyardError,
+)
 from switchyard.precision import Precision
-from switchyard.registry import PluginRegistry, Registration
+from switchyard.registry import PluginRegistry, Registration, block_hint
 from switchyard.strategy import Strategy
+from switchyard.validation import MAX_NUM_NODES, parse_int
+
+P = ParamSpec("P")
 
 ENV_PREFIX = "SWITCHYARD_"
 """``switchyard run`` passes its choices to the script's ``Runtime()`` as ``SWITCHYARD_ACCELERATOR``,
@@ -68,6 +89,52 @@ def argument(name: str, value: Any) -> Any:
     return DEFAULTS[name]
 
 
+_VARIABLE_NAMES = ("accelerator", "strategy", "devices", "num_nodes", "precision", "environment")
+
+
+def name_origins(error: BaseException, origins: Mapping[str, tuple[object, str]]) -> None:
+    """Add to ``error``'s message where the values it is about came from: ``origins`` maps an
+    argument name to ``(value, where)``, ``where`` being a variable (``SWITCHYARD_DEVICES``) or a
+    command-line flag (``--devices``). Only the arguments the message mentions are named; the
+    exception keeps its type and traceback."""
+    message = str(error)
+    notes = []
+    for name, (value, where) in origins.items():
+        if name not in message and repr(value)[:40] not in message:
+            continue
+        if f"{name}={value!r} came from" in message or f"{name}={value!r} was read" in message:
+            continue
+        if where.startswith("-"):
+            notes.append(f"{name}={value!r} came from the flag {where}")
+        else:
+            notes.append(
+                f"{name}={value!r} was read from the variable {where}, which `switchyard run` "
+                "sets from its flags (or it was set by hand): fix or unset it"
+            )
+    if notes:
+        error.args = (f"{message} ({'; '.join(notes)})", *error.args[1:])
+
+
+def _names_variables(select: Callable[P, Plan]) -> Callable[P, Plan]:
+    """Make a selection error about a value read from a ``SWITCHYARD_*`` variable say so."""
+
+    @functools.wraps(select)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Plan:
+        try:
+            return select(*args, **kwargs)
+        except SwitchyardError as error:
+            origins = {}
+            for name in _VARIABLE_NAMES:
+                variable = f"{ENV_PREFIX}{name.upper()}"
+                if kwargs.get(name) is None and os.environ.get(variable):
+                    origins[name] = (os.environ[variable], variable)
+            name_origins(error, origins)
+            raise
+
+    return wrapper
+
+
+@_names_variables
 def select(
     registry: PluginRegistry,
     *,
@@ -95,8 +162,12 @@ def select(
             devices = local_size
         if num_nodes is None and not os.environ.get(f"{ENV_PREFIX}NUM_NODES") and local_size:
             nodes = max(env.world_size() // local_size, 1)
-    accel, accel_name = _select_accelerator(registry, accelerator)
-    indices = tuple(type(accel).parse_devices(devices))
+    accel, accel_name, accel_origin = _select_accelerator(registry, accelerator)
+    check_devices_limit(devices)  # before any plugin builds a list from it
+    with _plugin_code(accel_origin, f"parse_devices(devices={devices!r})"):
+        indices = tuple(type(accel).parse_devices(devices))
+    with _plugin_code(accel_origin, "process_group_backend()"):
+        type(accel).process_group_backend()  # asked again by the strategy checks below
     world_size = len(indices) * nodes
 
     precision_reg: Registration | None = None
@@ -105,11 +176,11 @@ def select(
     else:
         precision_name = normalize_precision(precision)
         precision_reg = _lookup(registry, "precision", precision_name)
-        prec = precision_reg.entry.create()
+        prec = _create(precision_reg)
         prec.name = precision_reg.entry.name
         precision_name = precision_reg.entry.name
 
-    strat, strategy_name = _select_strategy(
+    strat, strategy_name, strategy_origin = _select_strategy(
         registry,
         strategy,
         accel_name,
@@ -119,16 +190,20 @@ def select(
         nodes,
         len(indices),
     )
-    _check_precision(precision_reg, precision_name, prec, accel, accel_name)
+    with _plugin_code(accel_origin, f"supports_precision({precision_name!r})"):
+        _check_precision(precision_reg, precision_name, prec, accel, accel_name)
     env.validate_settings(num_devices=len(indices), num_nodes=nodes)
 
-    strat.bind(
-        accelerator=accel,
-        precision=prec,
-        environment=env,
-        devices=[type(accel).get_device(i) for i in indices],
-        num_nodes=nodes,
-    )
+    with _plugin_code(accel_origin, "get_device()"):
+        bound_devices = [type(accel).get_device(i) for i in indices]
+    with _plugin_code(strategy_origin, "bind()"):
+        strat.bind(
+            accelerator=accel,
+            precision=prec,
+            environment=env,
+            devices=bound_devices,
+            num_nodes=nodes,
+        )
     return Plan(
         accelerator=accel,
         strategy=strat,
@@ -157,13 +232,16 @@ def normalize_precision(value: str | int) -> str:
 
 
 def _parse_num_nodes(value: int | str) -> int:
-    try:
-        nodes = int(value)
-    except (TypeError, ValueError):
-        raise SelectionError(f"num_nodes={value!r} must be a positive integer") from None
-    if nodes < 1 or isinstance(value, bool) or not isinstance(value, (int, str)):
+    valid = f"must be a positive integer, at most {MAX_NUM_NODES}"
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
         # int(1.5) is 1: a float is refused rather than silently truncated
-        raise SelectionError(f"num_nodes={value!r} must be a positive integer")
+        raise SelectionError(f"num_nodes={value!r} {valid}")
+    try:
+        nodes = value if isinstance(value, int) else parse_int(value, minimum=1, maximum=10**9)
+    except ValueError:
+        raise SelectionError(f"num_nodes={value!r} {valid}") from None
+    if not 1 <= nodes <= MAX_NUM_NODES:
+        raise SelectionError(f"num_nodes={value!r} {valid}")
     return nodes
 
 
@@ -171,7 +249,10 @@ def _lookup(registry: PluginRegistry, kind: EntryKind, name: str) -> Registratio
     registration = registry.get(kind, name)
     if registration is None:
         raise SelectionError(unknown_message(registry, kind, name))
-    missing = registration.entry.missing_requirements()
+    with _plugin_code(
+        origin(registration), f"the check of its requires {registration.entry.requires}"
+    ):
+        missing = registration.entry.missing_requirements()
     if missing:
         plugin = first_party.plugin_for(kind, registration.entry.name)
         hint = (
@@ -204,13 +285,38 @@ def unknown_message(registry: PluginRegistry, kind: EntryKind, name: str) -> str
     if close:
         message += f" Did you mean {' or '.join(repr(c) for c in close)}?"
     message += f" Installed {_PLURAL[kind]}: {', '.join(known) or 'none'}."
+    not_loaded = registry.not_loaded()
     plugin = first_party.plugin_for(kind, name)
     if plugin is not None:
-        message += (
-            f" {kind.capitalize()} {name!r} comes with the switchyard-{plugin} plugin, which is "
-            f"not installed: {first_party.install_command(plugin)}"
-        )
-    failed = [f for f in registry.failures if f.stage != "register"]
+        distribution = f"switchyard-{plugin}"
+        held = [
+            (info, why)
+            for info, why in not_loaded
+            if info.distribution is not None
+            and normalize_name(info.distribution).replace("_", "-") == distribution
+        ]
+        if held:
+            why = held[0][1]
+            message += (
+                f" {kind.capitalize()} {name!r} comes with the {distribution} plugin, which is "
+                f"installed but was not loaded: {why}. Remove it from that setting to use it."
+            )
+        elif any(
+            info.distribution is not None
+            and normalize_name(info.distribution).replace("_", "-") == distribution
+            for info in registry.plugins.values()
+        ):
+            message += (
+                f" {kind.capitalize()} {name!r} would come with the {distribution} plugin, "
+                "which is loaded but registers no such name (see the failures below)."
+            )
+        else:
+            message += (
+                f" {kind.capitalize()} {name!r} comes with the {distribution} plugin, which "
+                f"is not installed: {first_party.install_command(plugin)}"
+            )
+    message += _not_loaded_note(registry)
+    failed = [f for f in registry.failures if f.hides_entries]
     if failed:
         message += (
             " Some plugins failed to load and may have provided it: "
@@ -220,22 +326,167 @@ def unknown_message(registry: PluginRegistry, kind: EntryKind, name: str) -> str
     return message
 
 
+_INTERFACES: dict[EntryKind, type] = {
+    "accelerator": Accelerator,
+    "strategy": Strategy,
+    "precision": Precision,
+    "environment": ClusterEnvironment,
+}
+
+
+def origin(registration: Registration) -> str:
+    """``"strategy 'ghost' from plugin ghost (switchyard-ghost 1.0.0)"``, for messages."""
+    return f"{registration.kind} {registration.name!r} from plugin {registration.plugin.describe()}"
+
+
+def _instance_origin(kind: str, instance: object) -> str:
+    cls = type(instance)
+    return f"the {kind} instance of {cls.__module__}.{cls.__qualname__} passed to Runtime"
+
+
+@contextlib.contextmanager
+def _plugin_code(where: str, call: str) -> Iterator[None]:
+    """Run a plugin's method: a switchyard error passes through; anything else is the plugin's
+    bug, raised as a PluginSelectionError naming where it came from."""
+    try:
+        yield
+    except SwitchyardError:
+        raise
+    except (Exception, SystemExit) as error:
+        raise PluginSelectionError(
+            f"{where} raised in {call}: {_error_text(error)}. This is a bug in that plugin "
+            "(its methods answer with a switchyard error, not a raw exception): report it to "
+            "its authors, update it, or choose another"
+        ) from error
+
+
+def _error_text(error: BaseException) -> str:
+    if isinstance(error, SystemExit):
+        return f"SystemExit: sys.exit({error.code!r}) was called"
+    return f"{type(error).__name__}: {error}"
+
+
 def _load_class(registration: Registration) -> Any:
     try:
         return registration.entry.load()
-    except Exception as error:
-        raise SelectionError(
-            f"{registration.kind} {registration.name!r} from plugin "
-            f"{registration.plugin.describe()} could not be imported ({type(error).__name__}: "
-            f"{error}); reinstall that plugin or choose another {registration.kind}"
+    except (Exception, SystemExit) as error:
+        raise PluginSelectionError(
+            f"{origin(registration)} could not be imported: its factory "
+            f"{registration.entry.factory!r} raised {_error_text(error)}. Reinstall or update "
+            f"that plugin, block it ({block_hint(registration.plugin)}), or choose another "
+            f"{registration.kind}"
         ) from error
+
+
+def _instantiate(registration: Registration, cls: Any, **kwargs: Any) -> Any:
+    """``cls(**init_args, **kwargs)``, checked to be the kind's interface."""
+    try:
+        instance = cls(**{**registration.entry.init_args, **kwargs})
+    except (Exception, SystemExit) as error:
+        raise PluginSelectionError(
+            f"{origin(registration)} could not be created: {registration.entry.factory!r} "
+            f"raised {_error_text(error)}. Report it to the plugin's authors, update it, block "
+            f"it ({block_hint(registration.plugin)}), or choose another {registration.kind}"
+        ) from error
+    expected = _INTERFACES[registration.kind]
+    if not isinstance(instance, expected):
+        raise PluginSelectionError(
+            f"{origin(registration)} is broken: its factory {registration.entry.factory!r} "
+            f"returned {type(instance).__module__}.{type(instance).__qualname__}, which is not "
+            f"a switchyard {expected.__name__}. Report it to the plugin's authors, block it "
+            f"({block_hint(registration.plugin)}), or choose another {registration.kind}"
+        )
+    return instance
+
+
+def _create(registration: Registration, **kwargs: Any) -> Any:
+    """The entry's instance; a failure of the plugin's code is a PluginSelectionError naming
+    the plugin and its distribution, chained to the plugin's exception."""
+    return _instantiate(registration, _load_class(registration), **kwargs)
+
+
+def _skip(
+    registry: PluginRegistry, registration: Registration, stage: str, error: BaseException | str
+) -> None:
+    """``"auto"`` passes over an entry: record it (once) and warn (once)."""
+    failure = registry.record_entry_failure(registration, stage, error)
+    if failure is not None:
+        warnings.warn(
+            f"{registration.kind}='auto' skipped {origin(registration)}: {failure.error}; "
+            "run 'switchyard plugins' for details",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _skipped_note(registry: PluginRegistry, kind: EntryKind) -> str:
+    """The entries ``"auto"`` skipped, and the plugins that were not loaded, for its errors."""
+    prefix = f"{kind} "
+    skipped = [f for f in registry.failures if f.entry and f.entry.startswith(prefix)]
+    note = ""
+    if skipped:
+        note += " Skipped because of their plugin: " + "; ".join(
+            f"{f.entry} from {f.plugin.describe()} at {f.stage}: {f.error}" for f in skipped
+        )
+        note += "."
+    return note + _not_loaded_note(registry)
+
+
+def _not_loaded_note(registry: PluginRegistry) -> str:
+    """The installed plugins that were not loaded, grouped by why, for messages."""
+    by_reason: dict[str, list[str]] = {}
+    for info, why in registry.not_loaded():
+        by_reason.setdefault(why, []).append(info.describe())
+    if not by_reason:
+        return ""
+    return (
+        " Installed plugins that were not loaded: "
+        + "; ".join(f"{', '.join(names)}: {why}" for why, names in by_reason.items())
+        + "."
+    )
+
+
+def _unambiguous(registry: PluginRegistry, registration: Registration) -> bool:
+    """Whether ``"auto"`` may pick this entry: no other plugin claims its name (or a plugin
+    passed in code claims it and this is that one). A conflict is skipped and recorded, never
+    settled by priority: a plugin must not take over a name silently."""
+    try:
+        chosen = registry.get(registration.kind, registration.name)
+    except PluginConflictError as error:
+        _skip(registry, registration, "name conflict", str(error))
+        return False
+    return chosen is registration
+
+
+def _auto_create(registry: PluginRegistry, registration: Registration) -> Any | None:
+    try:
+        cls = registration.entry.load()
+    except (Exception, SystemExit) as error:
+        _skip(registry, registration, "factory", error)
+        return None
+    try:
+        return _instantiate(registration, cls)
+    except PluginSelectionError as error:
+        _skip(registry, registration, "create", error.__cause__ or str(error))
+        return None
+
+
+def _missing(registry: PluginRegistry, registration: Registration) -> bool:
+    """Whether the entry's ``requires`` are missing; a check that raises (a parent package that
+    fails to import) is the plugin's failure, recorded."""
+    try:
+        return bool(registration.entry.missing_requirements())
+    except (Exception, SystemExit) as error:
+        _skip(registry, registration, "factory", error)
+        return True
 
 
 def _select_accelerator(
     registry: PluginRegistry, value: str | Accelerator
-) -> tuple[Accelerator, str]:
+) -> tuple[Accelerator, str, str]:
+    """The accelerator, its name, and where it came from (for messages)."""
     if isinstance(value, Accelerator):
-        return value, type(value).device_type
+        return value, type(value).device_type, _instance_origin("accelerator", value)
     if not isinstance(value, str):
         raise SelectionError(
             f"accelerator={value!r} must be a name such as 'cpu' or 'cuda', 'auto', or an "
@@ -247,54 +498,84 @@ def _select_accelerator(
     registration = _lookup(registry, "accelerator", name)
     cls = _load_class(registration)
     _check_device_type(cls, registration)
-    reason = cls.unavailable_reason()
+    with _plugin_code(origin(registration), "unavailable_reason()"):
+        reason = cls.unavailable_reason()
     if reason is not None:
         usable = [n for n, _ in _usable_accelerators(registry)]
         raise SelectionError(
             f"accelerator {name!r} is installed but cannot be used here: {reason}. "
             f"Usable here: {', '.join(usable) or 'none'}; pass accelerator='auto' to pick the best."
         )
-    return registration.entry.create(), registration.entry.name
+    return _instantiate(registration, cls), registration.entry.name, origin(registration)
 
 
 def _check_device_type(cls: Any, registration: Registration) -> None:
     device_type = getattr(cls, "device_type", None)
     if not isinstance(device_type, str) or not device_type:
-        raise SelectionError(
+        raise PluginSelectionError(
             f"accelerator {registration.name!r} from plugin {registration.plugin.describe()} "
             f"declares no device_type (got {device_type!r}); its Accelerator class must set "
             "device_type to a torch.device type string such as 'cpu'"
         )
 
 
-def _usable_accelerators(registry: PluginRegistry) -> list[tuple[str, Registration]]:
-    usable = []
+def _available_accelerators(
+    registry: PluginRegistry,
+) -> Iterator[tuple[Registration, type[Accelerator]]]:
+    """Accelerators whose requirements are installed, whose class imports, declares a
+    device type and answers ``is_available()`` with true, highest priority first. One whose
+    plugin fails on the way is skipped and recorded: auto must still find the others."""
     ordered = sorted(registry.registrations("accelerator"), key=lambda r: -r.entry.priority)
     for registration in ordered:
-        if registration.entry.missing_requirements():
+        if _missing(registry, registration) or not _unambiguous(registry, registration):
             continue
         try:
             cls = registration.entry.load()
+        except (Exception, SystemExit) as error:
+            _skip(registry, registration, "factory", error)
+            continue
+        try:
+            _check_device_type(cls, registration)
+        except SelectionError as error:
+            _skip(registry, registration, "factory", str(error))
+            continue
+        try:
             available = cls.is_available()
-        except Exception:
-            continue  # reported by 'switchyard plugins'; auto must still find the others
+        except (Exception, SystemExit) as error:
+            _skip(registry, registration, "is_available", error)
+            continue
         if available:
-            usable.append((registration.entry.name, registration))
-    return usable
+            yield registration, cls
 
 
-def _auto_accelerator(registry: PluginRegistry) -> tuple[Accelerator, str]:
-    usable = _usable_accelerators(registry)
-    if not usable:
-        installed = registry.names("accelerator")
-        raise SelectionError(
-            "accelerator='auto' found no usable accelerator. Installed: "
-            f"{', '.join(installed) or 'none'}. Install the CPU plugin: "
-            f"{first_party.install_command('cpu')}; run 'switchyard plugins' to see why others "
-            "are not usable."
-        )
-    name, registration = usable[0]
-    return registration.entry.create(), name
+def _usable_accelerators(registry: PluginRegistry) -> list[tuple[str, Registration]]:
+    return [(r.entry.name, r) for r, _ in _available_accelerators(registry)]
+
+
+def _auto_accelerator(registry: PluginRegistry) -> tuple[Accelerator, str, str]:
+    for registration, cls in _available_accelerators(registry):
+        try:
+            instance = _instantiate(registration, cls)
+        except PluginSelectionError as error:
+            _skip(registry, registration, "create", error.__cause__ or str(error))
+            continue
+        return instance, registration.entry.name, origin(registration)
+    installed = registry.names("accelerator")
+    cpu_held = any(
+        info.distribution is not None
+        and normalize_name(info.distribution).replace("_", "-") == "switchyard-cpu"
+        for info, _ in registry.not_loaded()
+    )
+    hint = (
+        "The CPU plugin is installed but was not loaded (see above)"
+        if cpu_held
+        else f"Install the CPU plugin: {first_party.install_command('cpu')}"
+    )
+    raise SelectionError(
+        "accelerator='auto' found no usable accelerator. Installed: "
+        f"{', '.join(installed) or 'none'}.{_skipped_note(registry, 'accelerator')} {hint}; run "
+        "'switchyard plugins' to see why others are not usable."
+    )
 
 
 def strategy_supports(
@@ -353,10 +634,12 @@ def _select_strategy(
     world_size: int,
     num_nodes: int,
     num_devices: int,
-) -> tuple[Strategy, str]:
+) -> tuple[Strategy, str, str]:
+    """The strategy, its name, and where it came from (for messages)."""
     if isinstance(value, Strategy):
         # an instance checks what it needs of the accelerator in bind()
-        return value, getattr(value, "name", type(value).__name__)
+        name = getattr(value, "name", type(value).__name__)
+        return value, name, _instance_origin("strategy", value)
     if not isinstance(value, str):
         raise SelectionError(
             f"strategy={value!r} must be a name such as 'ddp', 'auto', or a Strategy instance"
@@ -364,19 +647,29 @@ def _select_strategy(
     name = value.strip().lower()
     distributed = world_size > 1
     # every registered strategy entry (registrations of kind "strategy" hold StrategyEntry)
-    entries: list[StrategyEntry] = [
-        r.entry for r in registry.registrations("strategy") if isinstance(r.entry, StrategyEntry)
+    pairs = [
+        (r, r.entry)
+        for r in registry.registrations("strategy")
+        if isinstance(r.entry, StrategyEntry)
     ]
+    entries: list[StrategyEntry] = [e for _, e in pairs]
 
     def fits(entry: StrategyEntry) -> bool:
         return strategy_supports(entry, accelerator, precision, accelerator_class) is None
 
     if name == "auto":
         candidates = [
-            e
-            for e in entries
-            if e.distributed == distributed and fits(e) and not e.missing_requirements()
+            r
+            for r, e in pairs
+            if e.distributed == distributed and fits(e) and not _missing(registry, r)
         ]
+        # highest priority first (the first registered among equals), skipping what fails
+        for registration in sorted(candidates, key=lambda r: -r.entry.priority):
+            if not _unambiguous(registry, registration):
+                continue
+            instance = _auto_create(registry, registration)
+            if instance is not None:
+                return instance, registration.entry.name, origin(registration)
         if not candidates:
             what = f"{num_devices} devices x {num_nodes} nodes" if distributed else "one device"
             if distributed and accelerator_class.process_group_backend() is None:
@@ -392,9 +685,15 @@ def _select_strategy(
                 f"strategy='auto' found no installed strategy for accelerator {accelerator!r} "
                 f"with precision {precision!r} on {what}. Installed strategies: "
                 f"{', '.join(registry.names('strategy')) or 'none'}.{hint}"
+                f"{_skipped_note(registry, 'strategy')}"
             )
-        best = max(candidates, key=lambda e: e.priority)
-        return best.create(), best.name
+        what = "several processes" if distributed else "one device"
+        raise SelectionError(
+            f"strategy='auto' found strategies for accelerator {accelerator!r} with precision "
+            f"{precision!r} on {what}, but none of them could be used: "
+            f"{', '.join(r.entry.name for r in candidates)}.{_skipped_note(registry, 'strategy')}"
+            " Fix or block those plugins, or choose a strategy by name."
+        )
     registration = _lookup(registry, "strategy", name)
     entry = registration.entry
     assert isinstance(entry, StrategyEntry)
@@ -421,7 +720,7 @@ def _select_strategy(
             f"ask for {world_size} processes ({num_devices} per node x {num_nodes} nodes). "
             f"{use}, or pass devices=1."
         )
-    return registration.entry.create(), entry.name
+    return _create(registration), entry.name, origin(registration)
 
 
 def _check_precision(
@@ -451,17 +750,36 @@ def _select_environment(
 ) -> tuple[ClusterEnvironment, str]:
     if isinstance(value, ClusterEnvironment):
         return value, type(value).__name__
-    name = str(value).strip().lower()
+    if not isinstance(value, str):
+        raise SelectionError(
+            f"environment={value!r} must be a name such as 'slurm' or 'torchelastic', 'auto' "
+            "(detect it), or a ClusterEnvironment instance"
+        )
+    name = value.strip().lower()
     if name != "auto":
         registration = _lookup(registry, "environment", name)
-        return registration.entry.create(), registration.entry.name
+        return _create(registration), registration.entry.name
     ordered = sorted(registry.registrations("environment"), key=lambda r: -r.entry.priority)
     for registration in ordered:
+        if _missing(registry, registration) or not _unambiguous(registry, registration):
+            continue
         try:
             cls = registration.entry.load()
+        except (Exception, SystemExit) as error:
+            _skip(registry, registration, "factory", error)
+            continue
+        try:
             detected = cls.detect()
-        except Exception:
-            continue  # a broken environment plugin must not stop the local one from working
+        except (Exception, SystemExit) as error:
+            # a broken environment plugin must not stop the local one from working
+            _skip(registry, registration, "detect", error)
+            continue
         if detected:
-            return registration.entry.create(), registration.entry.name
-    raise SelectionError("no cluster environment detected, and the built-in 'local' is missing")
+            try:
+                return _instantiate(registration, cls), registration.entry.name
+            except PluginSelectionError as error:
+                _skip(registry, registration, "create", error.__cause__ or str(error))
+    raise SelectionError(
+        "no cluster environment detected, and the built-in 'local' is missing or was skipped."
+        + _skipped_note(registry, "environment")
+    )

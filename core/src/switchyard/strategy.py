@@ -17,6 +17,7 @@ from switchyard import checkpoint
 from switchyard import seed as _seed
 from switchyard.accelerator import Accelerator
 from switchyard.environment import ClusterEnvironment
+from switchyard.errors import CheckpointError
 from switchyard.launcher import Launcher
 from switchyard.precision import Precision
 
@@ -286,10 +287,45 @@ class Strategy(ABC):
         filter: Mapping[str, Callable[[str, Any], bool]] | None = None,
     ) -> None:
         """Write ``state`` (modules and optimizers replaced by their state dicts) to ``path``,
-        atomically, from global rank zero only."""
+        atomically, from global rank zero only. Every process must call it, and all of them
+        raise the same :class:`~switchyard.errors.CheckpointError` if the save fails.
+
+        A value holding sharded tensors (``DTensor``) is refused, naming it: one process's file
+        would hold only that process's shards. Strategies that shard override this method and
+        save such values completely."""
+        savable = self._to_savable(state, filter)
+        sharded = checkpoint.sharded_tensor_entries(savable)
+        if sharded:
+            keys, tensor = sharded[0]
+            raise CheckpointError(
+                f"cannot save state{keys} to {str(path)!r}: it is "
+                f"{checkpoint.describe_sharded_tensor(tensor)}, and {type(self).__name__} "
+                "writes one file from global rank zero, which would hold only that process's "
+                f"shard ({len(sharded)} such value(s) in the state). Save the module or "
+                "optimizer itself with a strategy that shards (strategy='fsdp' writes every "
+                "process's shards), or gather the value on every process first "
+                "(tensor.full_tensor())."
+            )
+        failure: Exception | None = None
         if self.is_global_zero:
-            checkpoint.atomic_save(self._to_savable(state, filter), path)
-        self.barrier("save_checkpoint")
+            try:
+                checkpoint.atomic_save(savable, path)
+            except Exception as error:
+                failure = error
+        self._agree_on_save(path, failure)
+
+    def _agree_on_save(self, path: str | Path, failure: Exception | None) -> None:
+        """Raise ``failure`` (rank zero's) on rank zero and a :class:`CheckpointError` saying
+        so on the others; otherwise return once every process got here (it is a barrier)."""
+        message = None if failure is None else str(failure)
+        if self.world_size > 1:
+            message = self.broadcast(message, src=0)
+        if failure is not None:
+            raise failure
+        if message is not None:
+            raise CheckpointError(
+                f"global rank 0 could not save the checkpoint {str(path)!r}: {message}"
+            )
 
     def load_checkpoint(
         self,
@@ -299,8 +335,14 @@ class Strategy(ABC):
         weights_only: bool = True,
     ) -> dict[str, Any]:
         """Restore modules, optimizers and objects with ``load_state_dict`` in ``state`` in place
-        from ``path``; return the checkpoint's entries that ``state`` did not ask for."""
-        loaded = checkpoint.load_file(path, weights_only=weights_only)
+        from ``path``; return the checkpoint's entries that ``state`` did not ask for.
+
+        ``path`` is a single file, or a sharded checkpoint directory (written by a strategy
+        that shards, or by ``torch.distributed.checkpoint``), which every process reads whole,
+        as full tensors, without the strategy that wrote it. A directory checkpoint that a save
+        killed between its two renames left beside ``path`` is put back first."""
+        path = checkpoint.resolve(Path(path))
+        loaded = checkpoint.load(path, weights_only=weights_only)
         return self._restore(loaded, state, strict)
 
     def _to_savable(

@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import start_processes
 
 from switchyard.launcher import Launcher
+from switchyard.launchers.worker import die_with_parent, die_with_process
 
 
 class MultiprocessingLauncher(Launcher):
@@ -19,6 +20,11 @@ class MultiprocessingLauncher(Launcher):
 
     ``spawn`` pickles the function and its arguments (the runtime included); ``fork`` works in
     notebooks but not once an accelerator that forbids forking has been initialized.
+
+    Every process dies with the launching one, however it ends (SIGKILL included): see
+    :func:`switchyard.launchers.worker.die_with_parent`. Under ``forkserver`` the processes are
+    the fork server's children, and the fork server lives as long as they do; they watch the
+    launching process itself (:func:`~switchyard.launchers.worker.die_with_process`).
 
     Args:
         start_method: ``"spawn"``, ``"fork"`` or ``"forkserver"``.
@@ -67,7 +73,15 @@ class MultiprocessingLauncher(Launcher):
         results = context.SimpleQueue()
         start_processes(
             _worker,
-            args=(variables, self.num_processes, function, args, kwargs, results),
+            args=(
+                variables,
+                self.num_processes,
+                function,
+                args,
+                kwargs,
+                results,
+                (os.getpid(), self.start_method),
+            ),
             nprocs=self.num_processes,
             start_method=self.start_method,
             join=True,
@@ -83,7 +97,17 @@ def _worker(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     results: Any,
+    launcher: tuple[int, str] = (0, "spawn"),
 ) -> None:
+    launcher_pid, start_method = launcher
+    if launcher_pid:
+        if start_method == "forkserver":
+            # the parent is the fork server, which lives as long as any of its processes does
+            # (each holds the pipe whose end tells it the launcher is gone): watch the launcher
+            die_with_parent(None)
+            die_with_process(launcher_pid)
+        else:
+            die_with_parent(launcher_pid)
     os.environ.update(variables)
     os.environ["LOCAL_RANK"] = str(local_rank)
     os.environ["RANK"] = str(int(variables["NODE_RANK"]) * num_processes + local_rank)

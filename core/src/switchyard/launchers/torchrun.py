@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import socket
@@ -9,13 +11,22 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
 from switchyard.environment import DEFAULT_MAIN_PORT, ClusterEnvironment
 from switchyard.errors import SelectionError
 from switchyard.launcher import Launcher
-from switchyard.launchers.worker import EXIT_TIMES_VARIABLE
+from switchyard.launchers.worker import (
+    DIAGNOSIS_PREFIX,
+    EXIT_TIMES_VARIABLE,
+    SUPERVISOR_VARIABLE,
+)
+
+MAX_RESTARTS_LIMIT = 100
+"""The most restarts ``switchyard run --max-restarts`` accepts: a job that fails a hundred times
+has a bug, not bad luck."""
 
 WORKER_ENTRY = str(Path(__file__).with_name("worker.py"))
 """The program every worker runs, by its path: :mod:`switchyard.launchers.worker`, which runs
@@ -64,11 +75,23 @@ def torchrun_arguments(
     main_address: str,
     main_port: int | None,
     command: Sequence[str],
+    *,
+    max_restarts: int = 0,
+    timeout: timedelta | None = None,
 ) -> list[str]:
     """The ``torchrun`` command line (without the program name) for this job. ``command`` is
     the program as ``python`` takes it (``script.py ARGS...`` or ``-m package ARGS...``); every
-    worker runs it through :mod:`switchyard.launchers.worker`."""
-    args = ["--nproc-per-node", str(num_processes), "--max-restarts", "0"]
+    worker runs it through :mod:`switchyard.launchers.worker`.
+
+    ``max_restarts``: how often torchrun's agent restarts every worker after one failed (the
+    script resumes from its last checkpoint). ``timeout``: how long the agents' rendezvous
+    waits for the other nodes (``--rdzv-conf``: ``timeout`` of the static rendezvous that
+    ``--master-addr`` uses, ``join_timeout`` of the c10d one), like every collective."""
+    check_max_restarts(max_restarts)
+    args = ["--nproc-per-node", str(num_processes), "--max-restarts", str(max_restarts)]
+    if timeout is not None:
+        seconds = max(math.ceil(timeout.total_seconds()), 1)
+        args += ["--rdzv-conf", f"timeout={seconds},join_timeout={seconds}"]
     if num_nodes == 1:
         if main_port is None:
             # torchrun --standalone: a private rendezvous on a free port
@@ -105,10 +128,29 @@ def torchrun_arguments(
     return [*args, WORKER_ENTRY, *command]
 
 
+def check_max_restarts(value: object, source: str = "max_restarts") -> int:
+    """``value`` as a number of restarts, ``0..MAX_RESTARTS_LIMIT``; a
+    :class:`~switchyard.SelectionError` naming ``source`` otherwise."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 0 <= value <= MAX_RESTARTS_LIMIT
+    ):
+        raise SelectionError(
+            f"{source}={value!r} is not a number of restarts: give a whole number from 0 (never "
+            f"restart, the default) to {MAX_RESTARTS_LIMIT}"
+        )
+    return value
+
+
 def run_torchrun(arguments: Sequence[str]) -> int:
     """Run ``torchrun`` in this process and return the job's exit status: 0, or that of the
     worker that failed first (128 + N for one killed by signal N) after printing which ranks
-    failed; 128 + N when this process is stopped by signal N (torchrun stops the workers)."""
+    failed, and which ranks stalled when a collective timed out; 128 + N when this process is
+    stopped by signal N (torchrun stops the workers).
+
+    Every worker is this process's child and dies with it, however it dies
+    (:func:`switchyard.launchers.worker.die_with_parent`)."""
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
@@ -118,9 +160,10 @@ def run_torchrun(arguments: Sequence[str]) -> int:
         # share the cores between the processes; torchrun's own default is one thread each
         local = max(int(parsed.nproc_per_node), 1)
         os.environ["OMP_NUM_THREADS"] = str(max((os.cpu_count() or 1) // local, 1))
-    previous = os.environ.get(EXIT_TIMES_VARIABLE)
+    previous = {name: os.environ.get(name) for name in (EXIT_TIMES_VARIABLE, SUPERVISOR_VARIABLE)}
     with tempfile.TemporaryDirectory(prefix="switchyard-exits-") as exit_times:
         os.environ[EXIT_TIMES_VARIABLE] = exit_times  # the workers inherit it
+        os.environ[SUPERVISOR_VARIABLE] = str(os.getpid())  # the parent they must have
         try:
             run(parsed)
         except ChildFailedError as error:
@@ -133,12 +176,17 @@ def run_torchrun(arguments: Sequence[str]) -> int:
                 cause = f", from rank {rank}, which failed first"
                 if error.get_first_failure()[0] != rank:
                     cause += " (torchrun's report goes by whole seconds and names another)"
+            stalled = stall_report(Path(exit_times))
+            summary = f"{ranks}; exit status {status}{cause}"
+            if stalled:
+                # the cause first: the ranks that failed only waited for the stalled one
+                summary = f"{stalled}. Exit status {status}; {ranks}"
             if parsed.training_script == WORKER_ENTRY and parsed.training_script_args:
                 error.name = _program_name(parsed.training_script_args)  # not worker.py
             print(
-                f"switchyard: the job failed: {ranks}; exit status {status}{cause}. The failing "
-                "process's output (a traceback, if it raised) is above; torchrun's report "
-                "follows.\n" + error.format_msg(),
+                f"switchyard: the job failed: {summary}. The failing process's output (a "
+                "traceback, if it raised) is above; torchrun's report follows.\n"
+                + error.format_msg(),
                 file=sys.stderr,
             )
             return status
@@ -149,11 +197,55 @@ def run_torchrun(arguments: Sequence[str]) -> int:
             )
             return 128 + int(error.sigval)
         finally:
-            if previous is None:
-                os.environ.pop(EXIT_TIMES_VARIABLE, None)
-            else:
-                os.environ[EXIT_TIMES_VARIABLE] = previous
+            for name, value in previous.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
     return 0
+
+
+def stall_report(exit_times: Path) -> str:
+    """What the workers whose collective timed out found (:func:`record_diagnosis
+    <switchyard.launchers.worker.record_diagnosis>`): the ranks that never reached it, named
+    first, since the waiting ranks only failed because of them; ``""`` when none recorded."""
+    stalled: set[int] = set()
+    waiting: set[int] = set()
+    found: list[dict[str, Any]] = []
+    for path in sorted(exit_times.glob(f"{DIAGNOSIS_PREFIX}*")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            missing = {int(r) for r in record["missing"]}
+            waiting.add(int(record["rank"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        stalled |= missing
+        found.append(record)
+    stalled -= waiting  # a rank that reported was waiting itself
+    if not found:
+        return ""
+    first = found[0]
+    what, seconds = first.get("what", "a collective"), first.get("timeout", "?")
+    waiters = _ranks(sorted(waiting))
+    if not stalled and what == "the creation of the process group":
+        return (
+            f"every rank joined, but they could not connect to each other ({what} timed out "
+            f"after {seconds} s; the ranks' errors above say how)"
+        )
+    if not stalled:
+        return (
+            f"every rank was waiting ({what} timed out after {seconds} s): the ranks called "
+            "different collectives, or the same ones in a different order"
+        )
+    return (
+        f"{_ranks(sorted(stalled))} stalled: {'it' if len(stalled) == 1 else 'they'} never "
+        f"reached {what} that {waiters} waited in "
+        f"for {seconds} s (the timeout), so the waiting ranks failed and the job was ended"
+    )
+
+
+def _ranks(ranks: Sequence[int]) -> str:
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
 
 
 def first_failure(failures: Mapping[int, Any], exit_times: Path | None = None) -> tuple[int, int]:
@@ -162,6 +254,9 @@ def first_failure(failures: Mapping[int, Any], exit_times: Path | None = None) -
     a moment later, often within the same second, which is all torchrun's timestamps tell; so
     when every failed worker recorded in ``exit_times`` when its program ended (what
     :mod:`switchyard.launchers.worker` does), those times decide; otherwise torchrun's order.
+    A worker killed by a signal other than SIGTERM records nothing, and is taken to have failed
+    first: torchrun stops the others with SIGTERM, so such a kill came from outside (SIGKILL,
+    the out-of-memory killer, a crash) and its peers failed because it was gone.
     A status is 128 + N for a worker killed by signal N, and never 0."""
     times: dict[int, int] = {}
     if exit_times is not None:
@@ -170,10 +265,28 @@ def first_failure(failures: Mapping[int, Any], exit_times: Path | None = None) -
                 times[rank] = int((exit_times / str(rank)).read_text())
             except (OSError, ValueError):
                 pass
-    if len(times) == len(failures):
+    killed = [
+        r
+        for r in failures
+        if r not in times
+        and int(failures[r].exitcode) < 0
+        and -int(failures[r].exitcode) != int(signal.SIGTERM)
+    ]
+    if killed:
+        rank = min(killed, key=lambda r: (failures[r].timestamp, r))
+    elif len(times) == len(failures):
         rank = min(failures, key=lambda r: (times[r], r))
+    elif times and all(
+        int(failures[r].exitcode) == -int(signal.SIGTERM) for r in failures if r not in times
+    ):
+        # the ranks without a record are those torchrun stopped after the first failure
+        rank = min(times, key=lambda r: (times[r], r))
     else:
-        rank = min(failures, key=lambda r: (failures[r].timestamp, r))
+        # records are missing (a worker failed before it could write one): a worker torchrun
+        # stopped with SIGTERM failed because another did, so prefer those that failed
+        # themselves, then torchrun's order
+        own = [r for r in failures if -int(failures[r].exitcode) != int(signal.SIGTERM)]
+        rank = min(own or failures, key=lambda r: (failures[r].timestamp, r))
     code = int(failures[rank].exitcode)
     return rank, (128 - code if code < 0 else code) or 1
 
@@ -204,10 +317,17 @@ class TorchrunLauncher(Launcher):
 
     requires_function = False
 
-    def __init__(self, environment: ClusterEnvironment, num_processes: int, num_nodes: int) -> None:
+    def __init__(
+        self,
+        environment: ClusterEnvironment,
+        num_processes: int,
+        num_nodes: int,
+        timeout: timedelta | None = None,
+    ) -> None:
         self.environment = environment
         self.num_processes = num_processes
         self.num_nodes = num_nodes
+        self.timeout = timeout
 
     def arguments(self) -> list[str]:
         port_env = os.environ.get("MASTER_PORT")
@@ -219,7 +339,13 @@ class TorchrunLauncher(Launcher):
         elif self.num_nodes > 1 and node_rank == 0:
             check_port_free(address, DEFAULT_MAIN_PORT)
         return torchrun_arguments(
-            self.num_processes, self.num_nodes, node_rank, address, port, script_command()
+            self.num_processes,
+            self.num_nodes,
+            node_rank,
+            address,
+            port,
+            script_command(),
+            timeout=self.timeout,
         )
 
     def launch(self, function: Callable[..., Any] | None, *args: Any, **kwargs: Any) -> NoReturn:

@@ -19,6 +19,12 @@ even ``switchyard``, which imports torch): the program sees the interpreter as `
 leaves it. It therefore imports only standard-library modules whose names no file beside it
 takes, and puts the program's own ``sys.path[0]`` in place of this folder before the program
 runs.
+
+Before the program runs, the worker ties its life to the supervisor's (:func:`die_with_parent`):
+on Linux the kernel sends it SIGKILL when the supervisor ends, however it ends (SIGKILL
+included), so no worker goes on training, or writing checkpoints, with parent 1. It also forgets
+what a previous attempt of its rank recorded for the supervisor (``switchyard run
+--max-restarts``), and rank 0 of a restarted attempt says so on stderr.
 """
 
 from __future__ import annotations
@@ -43,6 +49,16 @@ EXIT_TIMES_VARIABLE = "SWITCHYARD_EXIT_TIMES"
 each worker writes, when its program ends with a non-zero status, the time it ended, so that the
 supervisor can tell the worker that failed first from those that failed because of it."""
 
+SUPERVISOR_VARIABLE = "SWITCHYARD_SUPERVISOR_PID"
+"""Set by the supervisor to its own process id: the parent every worker must have. A worker whose
+parent is another process when it starts (the supervisor died before the worker could ask to die
+with it) ends at once."""
+
+DIAGNOSIS_PREFIX = "diagnosis."
+"""Name prefix (then the rank) of the files in :data:`EXIT_TIMES_VARIABLE`'s folder where a
+worker whose collective timed out records which ranks never reached it
+(:func:`record_diagnosis`), so that the supervisor names the stalled rank, not the waiting one."""
+
 INTERRUPTED = -int(signal.SIGINT)
 """What :func:`run` returns for a program ended by an uncaught ``KeyboardInterrupt``: a negative
 status -N means the process ends by signal N; here it kills itself with SIGINT, as the
@@ -60,11 +76,155 @@ class _ProgramNotFound(Exception):
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the program named by ``argv`` (default: this process's arguments) and end the
     process with its exit status; never returns."""
+    die_with_parent(_supervisor())
+    _forget_previous_attempt()
     args = list(sys.argv[1:] if argv is None else argv)
     status = run(args)
     if status != 0:
         _note_failure(status)
     finish(status)
+
+
+def die_with_parent(parent: int | None) -> None:
+    """Make the kernel end this process with SIGKILL as soon as its parent ends, however the
+    parent ends (SIGKILL, an out-of-memory kill, a crash): ``prctl(PR_SET_PDEATHSIG)`` on Linux,
+    through ctypes. The parent may already have died before the call (a race no flag closes), so
+    right after it, a process whose parent is no longer ``parent`` (when given) ends at once.
+
+    SIGKILL, not SIGTERM: a handler the program installed must not keep it running (saving
+    checkpoints) once nobody supervises it; what a killed save leaves behind is the next save's to
+    clean up. Other POSIX systems have no such call: there a daemon thread polls the parent's id
+    every half second and ends the process when it changes (the parent died and the process was
+    re-parented). On Windows nothing is done: a process that outlives its parent keeps running
+    there.
+    """
+    if sys.platform.startswith("linux"):
+        if not _set_parent_death_signal(signal.SIGKILL):
+            _watch_parent(os.getppid() if parent is None else parent)
+    elif os.name == "posix":
+        _watch_parent(os.getppid() if parent is None else parent)
+    if parent is not None and os.getppid() != parent:
+        _orphaned(parent)
+
+
+def _set_parent_death_signal(number: int) -> bool:
+    """``prctl(PR_SET_PDEATHSIG, number)``; ``False`` where the call is refused (a sandbox)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(1, int(number), 0, 0, 0)) == 0  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int, interval: float = 0.5) -> None:
+    """Where the kernel cannot be asked: a daemon thread that ends the process once its parent
+    is no longer ``parent``."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        _orphaned(parent)
+
+    threading.Thread(target=watch, name="switchyard-parent-watch", daemon=True).start()
+
+
+def die_with_process(pid: int) -> None:
+    """End this process with SIGKILL as soon as process ``pid`` (not its parent) ends: for the
+    processes of a ``forkserver`` launcher, whose parent is the fork server, which itself lives
+    as long as any of them does. A daemon thread waits on a pidfd of ``pid`` (Linux 5.3 and
+    later; elsewhere it polls every half second); a ``pid`` already gone ends this one at
+    once."""
+    try:
+        handle = os.pidfd_open(pid)  # type: ignore[attr-defined,unused-ignore]
+    except (AttributeError, OSError) as error:
+        if isinstance(error, ProcessLookupError):
+            _orphaned(pid)
+        handle = None
+
+    def watch() -> None:
+        if handle is not None:
+            import select
+
+            poller = select.poll()
+            poller.register(handle, select.POLLIN)
+            while not poller.poll():
+                pass
+        else:
+            while _exists(pid):
+                time.sleep(0.5)
+        _orphaned(pid)
+
+    threading.Thread(target=watch, name="switchyard-launcher-watch", daemon=True).start()
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _orphaned(parent: int) -> NoReturn:
+    try:
+        print(
+            f"switchyard: the launcher (pid {parent}) is gone; ending this worker "
+            f"(pid {os.getpid()})",
+            file=sys.stderr,
+            flush=True,
+        )
+    except Exception:
+        pass
+    os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(128 + int(signal.SIGKILL))  # not reached
+
+
+def _supervisor() -> int | None:
+    value = os.environ.get(SUPERVISOR_VARIABLE, "")
+    return int(value) if value.isdigit() else None
+
+
+def _forget_previous_attempt() -> None:
+    """After a restart (``--max-restarts``), remove what this rank's previous attempt recorded
+    in the supervisor's folder, so that the supervisor reads only this attempt's records; rank 0
+    says on stderr that the job was restarted."""
+    folder = os.environ.get(EXIT_TIMES_VARIABLE)
+    rank = os.environ.get("RANK")
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if not folder or not rank or restart in ("", "0"):
+        return
+    for name in (rank, f"{DIAGNOSIS_PREFIX}{rank}"):
+        try:
+            os.remove(os.path.join(folder, name))
+        except OSError:
+            pass
+    if rank == "0":
+        limit = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "?")
+        print(
+            f"switchyard: a worker of the previous attempt failed; restarting the job "
+            f"(restart {restart} of at most {limit})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def record_diagnosis(text: str) -> None:
+    """Leave ``text`` (what this rank found out about a failed collective: which ranks never
+    reached it) where the supervisor reads it when it reports the job's failure; nothing when
+    this process was not started by switchyard's supervisor."""
+    folder = os.environ.get(EXIT_TIMES_VARIABLE)
+    rank = os.environ.get("RANK")
+    if not folder or not rank:
+        return
+    try:
+        with open(os.path.join(folder, f"{DIAGNOSIS_PREFIX}{rank}"), "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError:
+        pass
 
 
 def run(args: Sequence[str]) -> int:
@@ -97,6 +257,9 @@ def finish(status: int) -> NoReturn:
         print(f"Exception ignored in: {threading!r}", file=sys.stderr)
         traceback.print_exception(type(error), error, error.__traceback__)
     atexit._run_exitfuncs()
+    if status == 0 and _teardown_failed():
+        status = 1  # the end-of-run barrier timed out: peers are stuck, end the job
+        _record_exit_time()
     if not _flush_open_files():
         status = 120  # what the interpreter exits with when it cannot flush sys.stdout
     if status < 0:
@@ -265,6 +428,17 @@ def _note_failure(status: int) -> None:
     runtime = sys.modules.get("switchyard.runtime")
     if runtime is not None:
         runtime._exiting_with_failure()
+    _record_exit_time()
+
+
+def _teardown_failed() -> bool:
+    """Whether the Runtime's teardown at exit found peers that never reached the end of the run
+    (they are stuck): this process must then fail, so that the supervisor ends the job."""
+    runtime = sys.modules.get("switchyard.runtime")
+    return bool(getattr(runtime, "_teardown_timed_out", False))
+
+
+def _record_exit_time() -> None:
     folder = os.environ.get(EXIT_TIMES_VARIABLE)
     rank = os.environ.get("RANK")
     if folder and rank:

@@ -28,7 +28,8 @@ class AllReduceStrategy(ParallelStrategy):
     Args:
         start_method: ``"popen"`` (torchrun) or ``"spawn"``/``"fork"``, as for DDP.
         process_group_backend: default: the accelerator's.
-        timeout: how long collectives wait for a missing peer.
+        timeout: how long collectives wait for a missing peer (default: 10 minutes, or
+            ``Runtime(timeout=...)``; see :class:`~switchyard.parallel.ParallelStrategy`).
         bucket_mb: gradients are averaged in flat buckets of about this size.
     """
 
@@ -36,7 +37,7 @@ class AllReduceStrategy(ParallelStrategy):
         self,
         start_method: StartMethod = "popen",
         process_group_backend: str | None = None,
-        timeout: timedelta | float = timedelta(minutes=30),
+        timeout: timedelta | float | None = None,
         bucket_mb: float = 25.0,
     ) -> None:
         super().__init__(start_method, process_group_backend, timeout)

@@ -18,7 +18,8 @@ class DDPStrategy(ParallelStrategy):
     Args:
         start_method: see :class:`~switchyard.parallel.ParallelStrategy`.
         process_group_backend: default: the accelerator's (gloo on CPU, nccl on CUDA...).
-        timeout: how long collectives wait for a missing peer.
+        timeout: how long collectives wait for a missing peer (default: 10 minutes, or
+            ``Runtime(timeout=...)``; see :class:`~switchyard.parallel.ParallelStrategy`).
         find_unused_parameters, static_graph, bucket_cap_mb, gradient_as_bucket_view,
         broadcast_buffers, and any other keyword: passed to
         ``torch.nn.parallel.DistributedDataParallel`` as they are.
@@ -28,7 +29,7 @@ class DDPStrategy(ParallelStrategy):
         self,
         start_method: StartMethod = "popen",
         process_group_backend: str | None = None,
-        timeout: timedelta | float = timedelta(minutes=30),
+        timeout: timedelta | float | None = None,
         **ddp_kwargs: Any,
     ) -> None:
         super().__init__(start_method, process_group_backend, timeout)

@@ -1,17 +1,18 @@
-"""FSDPStrategy's checkpoints: the sharded-directory format and its metadata file, sharded save
-and load, and the conversions between sharded and full state dicts (optimizer state keyed by
-parameter name, as ``torch.distributed.checkpoint`` has it, or by index, as
-``Optimizer.state_dict()`` has it)."""
+"""FSDPStrategy's checkpoints: sharded load into sharded modules, and the conversions between
+sharded and full state dicts (optimizer state keyed by parameter name, as
+``torch.distributed.checkpoint`` has it, or by index, as ``Optimizer.state_dict()`` has it).
+
+The sharded-directory format, its safe reading and its writing are core's
+(:mod:`switchyard.sharded`), so that any process reads these checkpoints without this plugin:
+``switchyard.checkpoint.load`` and ``switchyard consolidate``."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Literal
 
 from torch import nn
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -19,22 +20,35 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
-from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
-from switchyard.checkpoint import atomic_save, load_file, replace_directory
+from switchyard import sharded as core_sharded
+from switchyard.checkpoint import sharded_tensor_entries
 from switchyard.errors import CheckpointError
+from switchyard.sharded import META_FILENAME, names_to_index, read_meta, save_sharded
 from switchyard.strategy import Strategy
 
+__all__ = [
+    "META_FILENAME",
+    "StateDictType",
+    "check_state_dict_type",
+    "full_module_state_dict",
+    "full_optimizer_state_dict",
+    "gather_full",
+    "holds_sharded_tensors",
+    "index_to_names",
+    "is_sharded",
+    "keyed_by_index",
+    "load_module_state",
+    "load_optimizer_state",
+    "load_sharded",
+    "names_to_index",
+    "read_meta",
+    "save_sharded",
+]
+
 StateDictType = Literal["sharded", "full"]
-
-META_FILENAME = "meta.pt"
-"""In a sharded checkpoint directory: the entries of ``state`` that are not modules or
-optimizers (step counters, scheduler states), written by global rank zero with ``torch.save``."""
-
-_FORMAT = "switchyard-fsdp-sharded"
 
 
 def check_state_dict_type(value: str) -> StateDictType:
@@ -103,25 +117,30 @@ def is_sharded(state_dict: Mapping[str, Any]) -> bool:
     return False
 
 
+def holds_sharded_tensors(value: Any) -> bool:
+    """Whether ``value`` holds a sharded tensor (``DTensor``, ``ShardedTensor``) anywhere."""
+    return bool(sharded_tensor_entries(value))
+
+
+def gather_full(value: Any) -> Any:
+    """``value`` with every ``DTensor`` in it (nested dicts, lists, tuples) replaced by the full
+    tensor on the CPU. Every process must call it with the same structure: each ``DTensor`` is
+    all-gathered."""
+    if isinstance(value, DTensor):
+        return value.full_tensor().cpu()
+    if isinstance(value, dict):
+        return {k: gather_full(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [gather_full(v) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(gather_full(v) for v in value)
+    return value
+
+
 def keyed_by_index(state_dict: Mapping[str, Any]) -> bool:
     """Whether an optimizer state dict names its parameters by index."""
     groups = state_dict.get("param_groups") or []
     return any(isinstance(p, int) for g in groups for p in g.get("params", []))
-
-
-def names_to_index(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """An optimizer state dict keyed by parameter name, as ``Optimizer.state_dict()`` writes
-    it: parameters numbered in group order."""
-    index: dict[str, int] = {}
-    groups = []
-    for group in state_dict["param_groups"]:
-        ids = []
-        for name in group["params"]:
-            index.setdefault(name, len(index))
-            ids.append(index[name])
-        groups.append({**group, "params": ids})
-    state = {index[name]: value for name, value in state_dict["state"].items()}
-    return {"state": state, "param_groups": groups}
 
 
 def index_to_names(
@@ -149,60 +168,7 @@ def index_to_names(
     return {"state": state, "param_groups": groups}
 
 
-# -- the sharded directory ----------------------------------------------------------------
-
-
-def write_meta(directory: Path, sharded: Iterable[str], plain: Mapping[str, Any]) -> None:
-    """Write :data:`META_FILENAME` into ``directory``: the keys of the sharded entries and the
-    plain ones' values."""
-    meta = {"format": _FORMAT, "version": 1, "sharded": sorted(sharded), "state": dict(plain)}
-    atomic_save(meta, directory / META_FILENAME)
-
-
-def read_meta(directory: Path, weights_only: bool) -> tuple[list[str], dict[str, Any]]:
-    """The keys of the sharded entries and the plain entries of the sharded checkpoint
-    ``directory``; ``CheckpointError`` if it is not one."""
-    meta_file = directory / META_FILENAME
-    if not meta_file.is_file():
-        raise CheckpointError(
-            f"{str(directory)!r} is a directory without {META_FILENAME}, so not a sharded "
-            f"checkpoint written by FSDPStrategy. It holds: "
-            f"{', '.join(sorted(p.name for p in directory.iterdir())[:10]) or 'nothing'}"
-        )
-    meta = load_file(meta_file, weights_only=weights_only)
-    if meta.get("format") != _FORMAT:
-        raise CheckpointError(f"{str(meta_file)!r} is not a {_FORMAT} metadata file")
-    return list(meta["sharded"]), dict(meta["state"])
-
-
-def save_sharded(
-    strategy: Strategy, path: Path, sharded: dict[str, Any], plain: Mapping[str, Any]
-) -> None:
-    """Write the directory ``path``: the state dicts in ``sharded`` (every process its shards)
-    with ``torch.distributed.checkpoint``, and ``plain`` in the metadata file (rank zero). It is
-    written under a temporary sibling name and renamed into place by rank zero after every
-    process finished, so ``path`` only ever names a complete checkpoint. Every process must
-    call it."""
-    if path.exists() and not path.is_dir():
-        raise CheckpointError(
-            f"cannot save a sharded checkpoint to {str(path)!r}: it is a file; sharded "
-            "checkpoints are directories (pass another path, or state_dict_type='full')"
-        )
-    # a sibling, so that the final rename stays within one file system; rank zero names it
-    token = strategy.broadcast(uuid.uuid4().hex[:12] if strategy.is_global_zero else None)
-    temporary = path.with_name(f".{path.name}.tmp-{token}")
-    if strategy.is_global_zero:
-        temporary.mkdir(parents=True)
-    strategy.barrier("save_checkpoint")
-    if sharded:
-        dcp_save(sharded, checkpoint_id=temporary)
-    if strategy.is_global_zero:
-        write_meta(temporary, sharded, plain)
-    # every shard is written before the checkpoint takes its final name
-    strategy.barrier("save_checkpoint")
-    if strategy.is_global_zero:
-        replace_directory(temporary, path)
-    strategy.barrier("save_checkpoint")
+# -- the sharded directory (the format and its safe reading are core's: switchyard.sharded) --
 
 
 def load_sharded(
@@ -215,8 +181,10 @@ def load_sharded(
 ) -> dict[str, Any]:
     """Restore ``state`` from the sharded checkpoint directory ``path``, into any number of
     processes (DCP reshards): modules and optimizers (addressed through the sharded module
-    ``module_of`` returns) from their shards, other objects from the metadata file. Returns the
-    entries ``state`` did not ask for. Every process must call it."""
+    ``module_of`` returns) from their shards, dicts of sharded tensors in place, other objects
+    from the metadata file. Returns the entries ``state`` did not ask for. Every file is read
+    safely unless ``weights_only=False`` (:mod:`switchyard.sharded`). Every process must call
+    it."""
     sharded_keys, plain = read_meta(path, weights_only)
     missing = [key for key in state if key not in sharded_keys and key not in plain]
     if missing and strict:
@@ -225,6 +193,7 @@ def load_sharded(
             f"{sorted([*sharded_keys, *plain])}. Pass strict=False to load what is there."
         )
     template: dict[str, Any] = {}
+    as_full: list[str] = []
     for key, obj in state.items():
         if key not in sharded_keys:
             if isinstance(obj, (nn.Module, Optimizer)) and key in plain:
@@ -237,23 +206,26 @@ def load_sharded(
             template[key] = strategy.module_state_dict(obj)
         elif isinstance(obj, Optimizer):
             template[key] = strategy.optimizer_state_dict(obj)
+        elif isinstance(obj, dict) and holds_sharded_tensors(obj):
+            template[key] = obj  # DTensors (a model.state_dict()) are filled in place
+        elif hasattr(obj, "load_state_dict") and callable(obj.load_state_dict):
+            template[key] = obj.state_dict()
         else:
-            raise CheckpointError(
-                f"checkpoint entry {key!r} holds a sharded module or optimizer, but "
-                f"state[{key!r}] is a {type(obj).__name__}"
-            )
+            as_full.append(key)  # nothing to shard into: full tensors
     if template:
-        dcp_load(
-            template,
-            checkpoint_id=path,
-            planner=DefaultLoadPlanner(allow_partial_load=not strict),
-        )
+        core_sharded.load_into(template, path, weights_only=weights_only, strict=strict)
     for key, value in template.items():
         obj = state[key]
         if isinstance(obj, nn.Module):
             set_model_state_dict(obj, value, options=StateDictOptions(strict=strict))
-        else:
+        elif isinstance(obj, Optimizer):
             set_optimizer_state_dict(module_of(obj), obj, value)
+        elif value is not obj:
+            obj.load_state_dict(value)
+    if as_full and isinstance(state, MutableMapping):
+        full = core_sharded.read_full(path, as_full, weights_only=weights_only)
+        for key in as_full:
+            state[key] = full.get(key)
     for key, obj in state.items():
         if key not in plain:
             continue
@@ -262,11 +234,10 @@ def load_sharded(
         elif isinstance(state, MutableMapping):
             state[key] = plain[key]
     remainder = {key: value for key, value in plain.items() if key not in state}
-    unrequested = {key for key in sharded_keys if key not in state}
+    unrequested = [key for key in sharded_keys if key not in state]
     if unrequested:
         # not asked for, so there is no module to shard them into: full tensors, read by
-        # every process
-        from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
-
-        remainder.update(_load_state_dict_from_keys(unrequested, checkpoint_id=path))
+        # every process on its own
+        full = core_sharded.read_full(path, unrequested, weights_only=weights_only)
+        remainder.update({key: full[key] for key in unrequested if key in full})
     return remainder

@@ -95,10 +95,14 @@ class FSDPStrategy(ParallelStrategy):
 
     Checkpoints: ``runtime.save(path, state)`` writes a *directory* with
     ``torch.distributed.checkpoint`` (every process writes its shards; modules and optimizers go
-    through ``get_model_state_dict`` / ``get_optimizer_state_dict``) plus ``meta.pt`` holding
-    the other entries, written by rank zero. It is written under a temporary sibling name and
-    renamed into place by rank zero after every process finished, so ``path`` only ever names a
-    complete checkpoint. ``runtime.load`` reads it into any number of processes (DCP reshards),
+    through ``get_model_state_dict`` / ``get_optimizer_state_dict``, and any other entry holding
+    a ``DTensor``, such as a plain ``{"model": model.state_dict()}``, is written shard by shard
+    too) plus ``meta.pt`` holding the other entries, written by rank zero. It is written under a
+    temporary sibling name and renamed into place by rank zero after every process finished, so
+    ``path`` only ever names a complete checkpoint (the format and its safe reading are core's,
+    :mod:`switchyard.sharded`: one process reads it without this plugin with
+    ``switchyard.checkpoint.load``, and ``switchyard consolidate`` turns it into one file).
+    ``runtime.load`` reads it into any number of processes (DCP reshards),
     or reads a single-file checkpoint (``state_dict_type="full"``, or one written by another
     strategy) into the sharded model. ``state_dict_type="full"`` makes ``runtime.save`` write one
     ``torch.save`` file from rank zero with consolidated tensors, loadable by a plain
@@ -110,7 +114,8 @@ class FSDPStrategy(ParallelStrategy):
         start_method: ``"popen"`` (torchrun re-runs the script) or ``"spawn"``/``"fork"``/
             ``"forkserver"`` with ``runtime.launch(fn)``.
         process_group_backend: default: the accelerator's (gloo on CPU, nccl on CUDA).
-        timeout: how long collectives wait for a missing peer.
+        timeout: how long collectives wait for a missing peer (default: 10 minutes, or
+            ``Runtime(timeout=...)``; see :class:`~switchyard.parallel.ParallelStrategy`).
         auto_wrap_policy: module classes (``{nn.TransformerEncoderLayer}``) or a predicate
             ``(module) -> bool`` selecting the submodules sharded on their own (one all-gather
             each); without it (and without ``min_num_params``) only the root is sharded, so the
@@ -141,7 +146,7 @@ class FSDPStrategy(ParallelStrategy):
         self,
         start_method: StartMethod = "popen",
         process_group_backend: str | None = None,
-        timeout: timedelta | float = timedelta(minutes=30),
+        timeout: timedelta | float | None = None,
         *,
         auto_wrap_policy: ModulePolicy | None = None,
         min_num_params: int | None = None,
@@ -537,13 +542,21 @@ class FSDPStrategy(ParallelStrategy):
     ) -> None:
         """Save ``state`` as a sharded directory (every process writes) or, with
         ``state_dict_type="full"``, as one consolidated file written by rank zero. Every
-        process must call it. See the class docs for the layout."""
+        process must call it. See the class docs for the layout.
+
+        Sharded tensors are saved completely wherever they are: modules, optimizers and any
+        other value holding a ``DTensor`` (a ``model.state_dict()`` passed as a plain dict) go
+        to the sharded part of the directory; under ``"full"`` every ``DTensor`` is gathered.
+        """
         kind = check_state_dict_type(state_dict_type or self.state_dict_type)
         path = Path(path)
         if kind == "sharded":
             savable = self._to_savable(state, filter)
             sharded = {
-                k: v for k, v in savable.items() if isinstance(state[k], (nn.Module, Optimizer))
+                k: v
+                for k, v in savable.items()
+                if isinstance(state[k], (nn.Module, Optimizer))
+                or fsdp_checkpoint.holds_sharded_tensors(v)
             }
             plain = {k: v for k, v in savable.items() if k not in sharded}
             fsdp_checkpoint.save_sharded(self, path, sharded, plain)
@@ -560,9 +573,17 @@ class FSDPStrategy(ParallelStrategy):
             module_state=self.full_state_dict,
             optimizer_state=self._full_optimizer_state_dict,
         )
+        full = {
+            k: fsdp_checkpoint.gather_full(v) if fsdp_checkpoint.holds_sharded_tensors(v) else v
+            for k, v in full.items()
+        }
+        failure: Exception | None = None
         if self.is_global_zero:
-            checkpoint.atomic_save(full, path)
-        self.barrier("save_checkpoint")
+            try:
+                checkpoint.atomic_save(full, path)
+            except Exception as error:
+                failure = error
+        self._agree_on_save(path, failure)
 
     def load_checkpoint(
         self,
@@ -574,7 +595,7 @@ class FSDPStrategy(ParallelStrategy):
         """Restore ``state`` from a sharded directory (into any number of processes) or from
         a single file (a full checkpoint, or one another strategy wrote). Every process must
         call it."""
-        path = Path(path)
+        path = checkpoint.resolve(Path(path))
         if not path.is_dir():
             # a single file: every process reads it and keeps its own shards
             return super().load_checkpoint(path, state, strict=strict, weights_only=weights_only)

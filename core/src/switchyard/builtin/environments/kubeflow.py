@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import os
+import re
 
-from switchyard.builtin.environments.common import int_variable, optional_int
+from switchyard.builtin.environments.common import (
+    address_variable,
+    check_layout_consistency,
+    optional_rank_variable,
+    optional_size_variable,
+    port_variable,
+    rank_variable,
+    size_variable,
+)
 from switchyard.environment import ClusterEnvironment
 from switchyard.errors import SelectionError
+from switchyard.validation import MAX_DEVICES_PER_NODE, MAX_NUM_NODES
 
 _KUBEFLOW_VARS = ("KUBERNETES_PORT", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")
 _NOT_KUBEFLOW_VARS = ("LOCAL_RANK", "GROUP_RANK", "TORCHELASTIC_RUN_ID")
+_OPERATOR = "the PyTorchJob operator"
+# nprocPerNode values that are not a number: torchrun's own words (one process then)
+_NPROC_WORDS = ("auto", "cpu", "gpu", "xpu")
+_ELASTIC_NNODES = re.compile(r"[0-9]+:[0-9]+")
 
 
 class KubeflowEnvironment(ClusterEnvironment):
@@ -51,28 +65,36 @@ class KubeflowEnvironment(ClusterEnvironment):
 
     @property
     def main_address(self) -> str:
-        if not os.environ.get("MASTER_ADDR"):
+        address = address_variable("MASTER_ADDR", "")
+        if not address:
             raise SelectionError(
                 "MASTER_ADDR is not set; the PyTorchJob operator sets it to the master pod's "
                 "service. Is this a PyTorchJob pod with a Master replica?"
             )
-        return os.environ["MASTER_ADDR"]
+        return address
 
     @property
     def main_port(self) -> int:
-        return int_variable("MASTER_PORT", "the PyTorchJob operator")
+        return port_variable("MASTER_PORT", _OPERATOR)
 
     @staticmethod
     def processes_per_pod() -> int:
-        """``nprocPerNode`` when the job spells it as a number, else 1."""
-        return optional_int("PET_NPROC_PER_NODE") or 1
+        """``nprocPerNode`` when the job spells it as a number, else 1 (``auto``, ``cpu``,
+        ``gpu``, ``xpu``, or unset)."""
+        text = os.environ.get("PET_NPROC_PER_NODE", "").strip()
+        if text.lower() in ("", *_NPROC_WORDS):
+            return 1
+        value = optional_size_variable("PET_NPROC_PER_NODE", _OPERATOR, MAX_DEVICES_PER_NODE)
+        return value or 1
 
     def num_pods(self) -> int:
         """Pods of the job (master and workers), each one node."""
-        pods = optional_int("PET_NNODES")
-        if pods is not None:
-            return pods
-        return int_variable("WORLD_SIZE", "the PyTorchJob operator") // self.processes_per_pod()
+        text = os.environ.get("PET_NNODES", "").strip()
+        if text and not _ELASTIC_NNODES.fullmatch(text):
+            pods = optional_size_variable("PET_NNODES", _OPERATOR, MAX_NUM_NODES)
+            if pods is not None:
+                return pods
+        return size_variable("WORLD_SIZE", _OPERATOR) // self.processes_per_pod()
 
     def world_size(self) -> int:
         if self._world_size is not None:
@@ -91,18 +113,35 @@ class KubeflowEnvironment(ClusterEnvironment):
         self._global_rank = rank
 
     def local_rank(self) -> int:
-        return int(os.environ.get("LOCAL_RANK", 0))
+        return optional_rank_variable("LOCAL_RANK", "switchyard's launcher") or 0
+
+    def local_world_size(self) -> int | None:
+        return optional_size_variable("LOCAL_WORLD_SIZE", _OPERATOR, MAX_DEVICES_PER_NODE)
 
     def node_rank(self) -> int:
         for name in ("NODE_RANK", "PET_NODE_RANK"):
-            value = optional_int(name)
+            value = optional_rank_variable(name, _OPERATOR)
             if value is not None:
                 return value
-        return int_variable("RANK", "the PyTorchJob operator")
+        return rank_variable("RANK", _OPERATOR)
+
+    def _check_layout(self) -> None:
+        """Inconsistent variables in the processes switchyard starts in a pod (``LOCAL_RANK``
+        at or above ``LOCAL_WORLD_SIZE``) fail here, before any store is created
+        (:func:`check_layout_consistency`); the pod's own ``RANK`` is checked against the
+        number of pods by :meth:`validate_settings`."""
+        per_node = self.local_world_size()
+        if per_node is not None and "LOCAL_RANK" in os.environ:
+            check_layout_consistency(
+                "switchyard's launcher",
+                rank=("LOCAL_RANK", self.local_rank()),
+                world_size=("LOCAL_WORLD_SIZE", per_node),
+            )
 
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:
+        self._check_layout()
         nnodes = os.environ.get("PET_NNODES", "").strip()
-        if nnodes and not nnodes.isdigit():
+        if _ELASTIC_NNODES.fullmatch(nnodes):
             raise SelectionError(
                 f"this PyTorchJob is elastic (PET_NNODES={nnodes!r}); its pods must run the "
                 "script through torchrun, which reads the PET_* variables: set the container "
@@ -115,7 +154,8 @@ class KubeflowEnvironment(ClusterEnvironment):
                 f"the runtime asks for num_nodes={num_nodes}. Either pass num_nodes={pods}, or "
                 f"give the job {num_nodes} replicas in all (1 Master + {num_nodes - 1} Worker)"
             )
-        nproc = optional_int("PET_NPROC_PER_NODE")
+        nproc_text = os.environ.get("PET_NPROC_PER_NODE", "").strip().lower()
+        nproc = None if nproc_text in ("", *_NPROC_WORDS) else self.processes_per_pod()
         if nproc is not None and nproc != num_devices:
             raise SelectionError(
                 f"the PyTorchJob sets nprocPerNode: {nproc}, but the runtime asks for "

@@ -6,13 +6,17 @@ import os
 
 from switchyard.builtin.environments.common import (
     SchedulerManaged,
+    address_variable,
+    check_layout_consistency,
     derived_port,
     first_set,
-    int_variable,
+    rank_variable,
+    size_variable,
     user_port,
 )
 from switchyard.environment import DEFAULT_MAIN_PORT
 from switchyard.errors import SelectionError
+from switchyard.validation import MAX_DEVICES_PER_NODE
 
 _OPEN_MPI_VARS = (
     "OMPI_COMM_WORLD_SIZE",
@@ -58,7 +62,7 @@ class MPIEnvironment(SchedulerManaged):
 
     @property
     def main_address(self) -> str:
-        return os.environ.get("MASTER_ADDR") or "127.0.0.1"
+        return address_variable("MASTER_ADDR", "127.0.0.1")
 
     @property
     def main_port(self) -> int:
@@ -69,22 +73,35 @@ class MPIEnvironment(SchedulerManaged):
         return derived_port(found[1]) if found else DEFAULT_MAIN_PORT
 
     def world_size(self) -> int:
-        return int_variable(self._names()[0], self._launcher)
+        return size_variable(self._names()[0], self._launcher)
 
     def global_rank(self) -> int:
-        return int_variable(self._names()[1], self._launcher)
+        return rank_variable(self._names()[1], self._launcher)
 
     def local_rank(self) -> int:
-        return int_variable(self._names()[2], self._launcher)
+        return rank_variable(self._names()[2], self._launcher)
 
     def local_world_size(self) -> int:
         """Processes of this job on this node."""
-        return int_variable(self._names()[3], self._launcher)
+        return size_variable(self._names()[3], self._launcher, MAX_DEVICES_PER_NODE)
 
     def node_rank(self) -> int:
         return self.global_rank() // max(self.local_world_size(), 1)
 
+    def _check_layout(self) -> None:
+        """Inconsistent MPI variables (a rank at or above the size...) fail here, before any
+        store is created (:func:`check_layout_consistency`)."""
+        size, rank, local_rank, local_size = self._names()
+        check_layout_consistency(
+            self._launcher,
+            rank=(rank, self.global_rank()),
+            world_size=(size, self.world_size()),
+            local_rank=(local_rank, self.local_rank()),
+            local_world_size=(local_size, self.local_world_size()),
+        )
+
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:
+        self._check_layout()
         world, per_node = self.world_size(), self.local_world_size()
         if world != num_devices * num_nodes or per_node != num_devices:
             raise SelectionError(
@@ -96,9 +113,11 @@ class MPIEnvironment(SchedulerManaged):
             )
         rank, local_rank = self.global_rank(), self.local_rank()
         if rank % per_node != local_rank:
+            _, rank_name, local_name, local_size_name = self._names()
             raise SelectionError(
-                f"mpirun placed ranks round-robin over the nodes (rank {rank} is local rank "
-                f"{local_rank} of {per_node}), so node ranks cannot be derived. Place "
+                f"mpirun placed ranks round-robin over the nodes ({rank_name}={rank} is "
+                f"{local_name}={local_rank} of {local_size_name}={per_node}), so node ranks "
+                "cannot be derived. Place "
                 f"consecutive ranks on the same node: mpirun --map-by ppr:{num_devices}:node "
                 f"(Hydra: -ppn {num_devices})"
             )

@@ -9,17 +9,24 @@ from collections.abc import Iterator
 
 from switchyard.builtin.environments.common import (
     SchedulerManaged,
+    address_variable,
+    check_layout_consistency,
     derived_port,
     first_set,
-    int_variable,
     optional_int,
+    optional_rank_variable,
+    optional_size_variable,
+    rank_variable,
+    size_variable,
     user_port,
 )
 from switchyard.environment import DEFAULT_MAIN_PORT
 from switchyard.errors import SelectionError
+from switchyard.validation import MAX_DEVICES_PER_NODE, MAX_NUM_NODES, address_problem
 
 _BRACKET = re.compile(r"\[([^\[\]]*)\]")
-_TASKS_ITEM = re.compile(r"^(\d+)(?:\(x(\d+)\))?$")
+_TASKS_ITEM = re.compile(r"^([0-9]+)(?:\(x([0-9]+)\))?$")
+_DIGITS = re.compile(r"[0-9]+")
 _SLURM_INTERACTIVE_NAMES = ("bash", "interactive")
 
 
@@ -50,21 +57,37 @@ def _split_hostlist(hostlist: str) -> list[str]:
     return items
 
 
-def _expand_range_set(spec: str, hostlist: str) -> list[str]:
-    """``"001-003,007"`` -> ``["001", "002", "003", "007"]``; the lower bound's width pads."""
-    values: list[str] = []
+def _range_set(spec: str, hostlist: str) -> list[tuple[int, int, int]]:
+    """``"001-003,007"`` -> ``[(1, 3, 3), (7, 7, 3)]``: (low, high, width) of each part, checked
+    but not expanded (``n[1-99999999999]`` must not build a list); the lower bound's width pads."""
+    ranges: list[tuple[int, int, int]] = []
     for part in spec.split(","):
         low, sep, high = part.strip().partition("-")
-        if not low.isdigit() or (sep and not high.isdigit()):
+        if not _DIGITS.fullmatch(low) or (sep and not _DIGITS.fullmatch(high)):
             raise ValueError(f"host list {hostlist!r}: {part!r} is not a number or range")
         if not sep:
-            values.append(low)
-            continue
+            high = low
         if int(high) < int(low):
             raise ValueError(f"host list {hostlist!r}: range {part!r} runs backwards")
-        width = len(low)
-        values.extend(f"{n:0{width}d}" for n in range(int(low), int(high) + 1))
-    return values
+        ranges.append((int(low), int(high), len(low)))
+    return ranges
+
+
+def _expand_ranges(ranges: list[tuple[int, int, int]]) -> Iterator[str]:
+    for low, high, width in ranges:
+        for number in range(low, high + 1):
+            yield f"{number:0{width}d}"
+
+
+def _product(texts: list[str], groups: list[list[tuple[int, int, int]]]) -> Iterator[str]:
+    """``texts[0] + v0 + texts[1] + v1 + ... + texts[-1]`` for each choice of one value ``vi``
+    per bracket group, in order; lazily, so the first host of a huge list costs nothing."""
+    if not groups:
+        yield texts[0]
+        return
+    for value in _expand_ranges(groups[0]):
+        for rest in _product(texts[1:], groups[1:]):
+            yield texts[0] + value + rest
 
 
 def iter_hostlist(hostlist: str) -> Iterator[str]:
@@ -79,21 +102,23 @@ def iter_hostlist(hostlist: str) -> Iterator[str]:
     items = _split_hostlist(hostlist)
     if not items:
         raise ValueError(f"host list {hostlist!r} names no host")
-    for item in items:
+    parsed = []
+    for item in items:  # every item is checked before the first host is given
         literals = _BRACKET.split(item)  # literal, range, literal, range, ..., literal
         if any(c in "[]" for c in "".join(literals[::2])):
             raise ValueError(f"host list {hostlist!r}: cannot read {item!r}")
-        groups = [_expand_range_set(spec, hostlist) for spec in literals[1::2]]
-        for choice in itertools.product(*groups):
-            parts = [literals[0]]
-            for value, literal in zip(choice, literals[2::2], strict=True):
-                parts += [value, literal]
-            yield "".join(parts)
+        parsed.append((literals[::2], [_range_set(spec, hostlist) for spec in literals[1::2]]))
+    for texts, groups in parsed:
+        yield from _product(texts, groups)
 
 
-def expand_hostlist(hostlist: str) -> list[str]:
-    """Every host name of a Slurm host list (see :func:`iter_hostlist`)."""
-    return list(iter_hostlist(hostlist))
+def expand_hostlist(hostlist: str, limit: int = MAX_NUM_NODES) -> list[str]:
+    """Every host name of a Slurm host list (see :func:`iter_hostlist`); a :class:`ValueError`
+    when it names more than ``limit`` hosts, rather than filling the memory."""
+    hosts = list(itertools.islice(iter_hostlist(hostlist), limit + 1))
+    if len(hosts) > limit:
+        raise ValueError(f"host list {hostlist[:80]!r} names more than {limit} hosts")
+    return hosts
 
 
 def first_host(hostlist: str) -> str:
@@ -109,7 +134,17 @@ def parse_tasks_per_node(text: str) -> list[int]:
         match = _TASKS_ITEM.match(item.strip())
         if match is None:
             raise ValueError(f"tasks per node {text!r}: cannot read {item!r}")
-        counts += [int(match.group(1))] * int(match.group(2) or 1)
+        count, repeat = match.group(1), match.group(2) or "1"
+        if len(repeat) > 6 or len(counts) + int(repeat) > MAX_NUM_NODES:
+            raise ValueError(
+                f"tasks per node {text[:80]!r} describes more than {MAX_NUM_NODES} nodes"
+            )
+        if len(count) > 6 or int(count) > MAX_DEVICES_PER_NODE:
+            raise ValueError(
+                f"tasks per node {text[:80]!r}: {count} tasks on one node is more than "
+                f"{MAX_DEVICES_PER_NODE}"
+            )
+        counts += [int(count)] * int(repeat)
     return counts
 
 
@@ -138,10 +173,11 @@ class SLURMEnvironment(SchedulerManaged):
     def detect(cls) -> bool:
         if os.environ.get("SLURM_JOB_NAME") in _SLURM_INTERACTIVE_NAMES:
             return False
-        ntasks = optional_int("SLURM_NTASKS")
-        if ntasks is None:
+        if not os.environ.get("SLURM_NTASKS", "").strip():
             return False
-        return "SLURM_STEP_ID" in os.environ or ntasks > 1
+        ntasks = optional_int("SLURM_NTASKS")
+        # a value that is not a number is detected too, so that world_size() names it
+        return "SLURM_STEP_ID" in os.environ or ntasks is None or ntasks > 1
 
     @property
     def creates_processes_externally(self) -> bool:
@@ -149,8 +185,8 @@ class SLURMEnvironment(SchedulerManaged):
 
     @property
     def main_address(self) -> str:
-        if os.environ.get("MASTER_ADDR"):
-            return os.environ["MASTER_ADDR"]
+        if os.environ.get("MASTER_ADDR", "").strip():
+            return address_variable("MASTER_ADDR", "")
         found = first_set("SLURM_STEP_NODELIST", "SLURM_NODELIST", "SLURM_JOB_NODELIST")
         if found is None:
             raise SelectionError(
@@ -159,12 +195,19 @@ class SLURMEnvironment(SchedulerManaged):
             )
         name, value = found
         try:
-            return first_host(value)
+            host = first_host(value)
         except ValueError as error:
             raise SelectionError(
-                f"{name}={value!r} cannot be read ({error}); export MASTER_ADDR with the host "
-                "name of the node that runs task 0"
+                f"{name}={value[:80]!r} cannot be read ({error}); export MASTER_ADDR with the "
+                "host name of the node that runs task 0"
             ) from None
+        problem = address_problem(host)
+        if problem is not None:
+            raise SelectionError(
+                f"{name}={value[:80]!r}: its first host {host[:80]!r} {problem}; export "
+                "MASTER_ADDR with the host name of the node that runs task 0"
+            )
+        return host
 
     @property
     def main_port(self) -> int:
@@ -175,22 +218,23 @@ class SLURMEnvironment(SchedulerManaged):
         return derived_port(job_id) if job_id else DEFAULT_MAIN_PORT
 
     def world_size(self) -> int:
-        if optional_int("SLURM_STEP_NUM_TASKS") is not None:
-            return int_variable("SLURM_STEP_NUM_TASKS", self._launcher)
-        return int_variable("SLURM_NTASKS", self._launcher)
+        step = optional_size_variable("SLURM_STEP_NUM_TASKS", self._launcher)
+        if step is not None:
+            return step
+        return size_variable("SLURM_NTASKS", self._launcher)
 
     def global_rank(self) -> int:
-        return int_variable("SLURM_PROCID", self._launcher)
+        return rank_variable("SLURM_PROCID", self._launcher)
 
     def local_rank(self) -> int:
-        return int_variable("SLURM_LOCALID", self._launcher)
+        return rank_variable("SLURM_LOCALID", self._launcher)
 
     def node_rank(self) -> int:
-        return int_variable("SLURM_NODEID", self._launcher)
+        return rank_variable("SLURM_NODEID", self._launcher)
 
     def local_world_size(self) -> int | None:
         counts = self.tasks_per_node()
-        node = optional_int("SLURM_NODEID")
+        node = optional_rank_variable("SLURM_NODEID", self._launcher)
         if not counts or node is None:
             return None
         return counts[node] if node < len(counts) else None
@@ -205,8 +249,11 @@ class SLURMEnvironment(SchedulerManaged):
         name, value = found
         try:
             counts = parse_tasks_per_node(value)
-        except ValueError:
-            raise SelectionError(f"{name}={value!r} cannot be read as tasks per node") from None
+        except ValueError as error:
+            raise SelectionError(
+                f"{name}={value[:80]!r} cannot be read as tasks per node ({error}); Slurm writes "
+                "counts such as '4' or '4(x2),3'. Fix or unset it"
+            ) from None
         if name == "SLURM_NTASKS_PER_NODE":
             nodes = self.num_nodes()
             counts = counts * (nodes or 1) if len(counts) == 1 else counts
@@ -215,10 +262,31 @@ class SLURMEnvironment(SchedulerManaged):
     def num_nodes(self) -> int | None:
         """Nodes of the step, or ``None`` if Slurm did not say."""
         for name in ("SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES"):
-            value = optional_int(name)
+            value = optional_size_variable(name, self._launcher, MAX_NUM_NODES)
             if value is not None:
                 return value
         return None
+
+    def _check_layout(self) -> None:
+        """Inconsistent Slurm variables (``SLURM_PROCID`` at or above the number of tasks...)
+        fail here, before any store is created (:func:`check_layout_consistency`)."""
+        world = "SLURM_STEP_NUM_TASKS" if first_set("SLURM_STEP_NUM_TASKS") else "SLURM_NTASKS"
+        per_node, nodes = self.local_world_size(), self.num_nodes()
+        per_node_name = first_set(
+            "SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE"
+        )
+        nodes_name = first_set("SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES")
+        check_layout_consistency(
+            self._launcher,
+            rank=("SLURM_PROCID", self.global_rank()),
+            world_size=(world, self.world_size()),
+            local_rank=("SLURM_LOCALID", self.local_rank()),
+            local_world_size=None
+            if per_node is None or per_node_name is None
+            else (f"this node's count in {per_node_name[0]}", per_node),
+            node_rank=("SLURM_NODEID", self.node_rank()),
+            num_nodes=None if nodes is None or nodes_name is None else (nodes_name[0], nodes),
+        )
 
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:
         ntasks = self.world_size()
@@ -258,3 +326,5 @@ class SLURMEnvironment(SchedulerManaged):
                 f"x num_nodes={num_nodes} = {num_devices * num_nodes}. Request "
                 f"#SBATCH --nodes={num_nodes} --ntasks-per-node={num_devices}"
             )
+        # after the layout checks, whose advice is about the user's own choices
+        self._check_layout()

@@ -6,10 +6,15 @@ import os
 
 from switchyard.builtin.environments.common import (
     SchedulerManaged,
-    int_variable,
-    optional_int,
+    address_variable,
+    check_layout_consistency,
+    optional_size_variable,
+    port_variable,
+    rank_variable,
+    size_variable,
 )
 from switchyard.errors import SelectionError
+from switchyard.validation import MAX_DEVICES_PER_NODE, MAX_NUM_NODES
 
 _TORCHRUN_VARS = frozenset(
     {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK"}
@@ -35,31 +40,50 @@ class TorchElasticEnvironment(SchedulerManaged):
 
     @property
     def main_address(self) -> str:
-        return os.environ.get("MASTER_ADDR") or "127.0.0.1"
+        return address_variable("MASTER_ADDR", "127.0.0.1")
 
     @property
     def main_port(self) -> int:
-        return int_variable("MASTER_PORT", self._launcher)
+        return port_variable("MASTER_PORT", self._launcher)
 
     def world_size(self) -> int:
-        return int_variable("WORLD_SIZE", self._launcher)
+        return size_variable("WORLD_SIZE", self._launcher)
 
     def global_rank(self) -> int:
-        return int_variable("RANK", self._launcher)
+        return rank_variable("RANK", self._launcher)
 
     def local_rank(self) -> int:
-        return int_variable("LOCAL_RANK", self._launcher)
+        return rank_variable("LOCAL_RANK", self._launcher)
 
     def node_rank(self) -> int:
-        return int_variable("GROUP_RANK", self._launcher)
+        return rank_variable("GROUP_RANK", self._launcher)
 
     def local_world_size(self) -> int | None:
-        return optional_int("LOCAL_WORLD_SIZE")
+        return optional_size_variable("LOCAL_WORLD_SIZE", self._launcher, MAX_DEVICES_PER_NODE)
+
+    def num_nodes(self) -> int | None:
+        """``GROUP_WORLD_SIZE``, the number of nodes (agents), or ``None`` if it is unset."""
+        return optional_size_variable("GROUP_WORLD_SIZE", self._launcher, MAX_NUM_NODES)
+
+    def _check_layout(self) -> None:
+        """Inconsistent torchrun variables (a rank at or above the world size...) fail here,
+        before any store is created (:func:`check_layout_consistency`)."""
+        per_node, nodes = self.local_world_size(), self.num_nodes()
+        check_layout_consistency(
+            self._launcher,
+            rank=("RANK", self.global_rank()),
+            world_size=("WORLD_SIZE", self.world_size()),
+            local_rank=("LOCAL_RANK", self.local_rank()),
+            local_world_size=None if per_node is None else ("LOCAL_WORLD_SIZE", per_node),
+            node_rank=("GROUP_RANK", self.node_rank()),
+            num_nodes=None if nodes is None else ("GROUP_WORLD_SIZE", nodes),
+        )
 
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:
+        self._check_layout()
         world, expected = self.world_size(), num_devices * num_nodes
         per_node = self.local_world_size()
-        nodes = optional_int("GROUP_WORLD_SIZE")
+        nodes = self.num_nodes()
         known = per_node is not None and nodes is not None
         layout = f"torchrun runs {per_node} per node on {nodes} node(s)" if known else ""
         if world != expected:

@@ -1,0 +1,51 @@
+"""The strategies the checkpoint suites run under (tests/test_checkpoint_safety.py,
+tests/test_checkpoint_kills.py and the scripts beside this file), in one place.
+
+A strategy added later (DeepSpeed...) is added here, and every checkpoint suite runs it: its
+checkpoints are written, every file of them crafted into a payload and loaded, and its saves are
+killed. The crafted-pickle suite fails on a file kind it has no crafting rule for, so a new
+format cannot slip through untested.
+
+Each entry: ``devices`` (processes of the job, on the CPU accelerator), ``directory`` (its
+checkpoints are directories, replaced by two renames), ``kills`` (SIGKILL trials ``(in CI, under
+SWITCHYARD_STRESS=1)``), ``modules`` (imported by the kill suite's parent process before it forks
+jobs, so that a forked job starts at once) and ``kwargs`` for ``Runtime``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+STRATEGIES: dict[str, dict[str, Any]] = {
+    "single_device": {
+        "devices": 1,
+        "directory": False,
+        "kills": (6, 50),
+        "modules": (),
+        "kwargs": {},
+    },
+    "ddp": {
+        "devices": 2,
+        "directory": False,
+        "kills": (2, 20),
+        "modules": ("switchyard_ddp.strategy",),
+        "kwargs": {},
+    },
+    "fsdp": {
+        "devices": 2,
+        "directory": True,
+        "kills": (3, 20),
+        "modules": (
+            "switchyard_fsdp.strategy",
+            "torch.distributed.checkpoint",
+            "torch.distributed.fsdp",
+        ),
+        "kwargs": {},
+    },
+}
+
+
+def runtime_kwargs(name: str) -> dict[str, Any]:
+    """``Runtime(**runtime_kwargs(name))`` for the strategy ``name`` on the CPU."""
+    spec = STRATEGIES[name]
+    return {"accelerator": "cpu", "strategy": name, "devices": spec["devices"], **spec["kwargs"]}
