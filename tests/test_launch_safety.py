@@ -194,7 +194,7 @@ def sleep(pidfile):
 if __name__ == "__main__":
     launcher = MultiprocessingLauncher(
         "forkserver", num_processes=1, num_nodes=1, node_rank=0,
-        main_address="127.0.0.1", main_port=1,
+        main_address="127.0.0.1", main_port=None,
     )
     launcher.launch(sleep, sys.argv[1])
 """

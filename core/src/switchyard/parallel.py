@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from switchyard.accelerator import Accelerator, parse_backend
+from switchyard.builtin.environments.common import user_port
 from switchyard.environment import ClusterEnvironment
 from switchyard.errors import SelectionError, SwitchyardError
 from switchyard.launcher import Launcher
@@ -140,13 +141,17 @@ class ParallelStrategy(Strategy):
                 if self.start_method == "fork":
                     check_fork_safe(type(self.accelerator), type(self).__name__)
                 environment = self.environment
+                # on one node the launcher binds the rendezvous itself: a port the user chose,
+                # else one the OS picks as it binds
+                port = environment.main_port if self.num_nodes > 1 else user_port()
                 self._launcher = MultiprocessingLauncher(
                     self.start_method,
                     num_processes=self.num_processes,
                     num_nodes=self.num_nodes,
                     node_rank=environment.node_rank(),
                     main_address=environment.main_address,
-                    main_port=environment.main_port,
+                    main_port=port,
+                    timeout=self.timeout,
                 )
         return self._launcher
 
@@ -227,19 +232,9 @@ class ParallelStrategy(Strategy):
             # communicators to this process's device eagerly
             kwargs["device_id"] = self.root_device
         from torch.distributed.distributed_c10d import PrefixStore
-        from torch.distributed.rendezvous import rendezvous
 
         rank, world_size = self.global_rank, self.world_size
-        try:
-            store, _, _ = next(rendezvous("env://", rank, world_size, timeout=self.timeout))
-        except Exception as error:
-            host = "torchrun's agent" if _agent_store() else "rank 0"
-            raise SwitchyardError(
-                f"rank {rank} could not reach the rendezvous at {address}:{port} within "
-                f"{_seconds(self.timeout)} s ({type(error).__name__}: {error}). {host.capitalize()} "
-                "holds it: is it running, and is that address reachable from here? A slow start "
-                "of the other ranks needs a longer Runtime(timeout=...)"
-            ) from error
+        store = self._rendezvous_store(address, port, rank, world_size)
         store.set_timeout(self.timeout)
         if _agent_store():
             # torchrun's agent keeps one store for every attempt of a job: a restarted attempt
@@ -265,6 +260,48 @@ class ParallelStrategy(Strategy):
             raise SwitchyardError(
                 f"rank {rank}: the process group was not formed within the timeout of "
                 f"{_seconds(self.timeout)} s: {_missing_text(missing, world_size, joining=True)}"
+            ) from error
+
+    def _rendezvous_store(self, address: str, port: int, rank: int, world_size: int) -> Any:
+        """The store of the rendezvous, created as ``init_process_group("env://")`` would,
+        except that a job of one process binds a port the OS picks (nothing else connects to
+        it, and a port chosen earlier may have been taken since), and that the processes of a
+        launcher holding the store (torchrun's agent, :class:`MultiprocessingLauncher`) all
+        connect to it."""
+        from torch._C._distributed_c10d import TCPStore
+
+        from switchyard.launchers.multiprocessing import HOSTED_STORE_VARIABLE
+
+        launcher_store = os.environ.get(HOSTED_STORE_VARIABLE) == "1"
+        hosted = _agent_store() or launcher_store
+        try:
+            if hosted:
+                return TCPStore(address, port, world_size, False, self.timeout)
+            if world_size == 1:
+                store = TCPStore(address, 0, 1, True, self.timeout, multi_tenant=True)
+                os.environ["MASTER_PORT"] = str(store.port)
+                return store
+            return TCPStore(address, port, world_size, rank == 0, self.timeout, multi_tenant=True)
+        except Exception as error:
+            text = f"{type(error).__name__}: {error}"
+            if "EADDRINUSE" in text:
+                raise SwitchyardError(
+                    f"rank {rank} could not open the rendezvous on {address}:{port}: another "
+                    f"program holds that port ({text}). Set another MASTER_PORT (switchyard run "
+                    "--main-port), or unset it on a single node so a free one is chosen"
+                ) from error
+            host = (
+                "torchrun's agent"
+                if _agent_store()
+                else "the launcher"
+                if launcher_store
+                else "rank 0"
+            )
+            raise SwitchyardError(
+                f"rank {rank} could not reach the rendezvous at {address}:{port} within "
+                f"{_seconds(self.timeout)} s ({text}). {host.capitalize()} holds it: is it "
+                "running, and is that address reachable from here? A slow start of the other "
+                "ranks needs a longer Runtime(timeout=...)"
             ) from error
 
     def explain_failure(self, error: BaseException, what: str = "a collective") -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import torch.multiprocessing as mp
@@ -33,7 +34,11 @@ class MultiprocessingLauncher(Launcher):
         node_rank: this node's index; its processes have global ranks from
             ``node_rank * num_processes``.
         main_address, main_port: the rendezvous on node 0, exported to every process as
-            ``MASTER_ADDR``/``MASTER_PORT``.
+            ``MASTER_ADDR``/``MASTER_PORT``. On a single node the launcher holds the rendezvous
+            store itself, bound before any process starts, on ``main_port`` or, when it is
+            ``None``, on a port the OS picks: no other program can take the port between its
+            choice and its use, as it could while the processes import torch.
+        timeout: how long the processes wait for each other at the rendezvous.
     """
 
     requires_function = True
@@ -46,7 +51,8 @@ class MultiprocessingLauncher(Launcher):
         num_nodes: int,
         node_rank: int,
         main_address: str,
-        main_port: int,
+        main_port: int | None,
+        timeout: timedelta = timedelta(minutes=10),
     ) -> None:
         self.start_method = start_method
         self.num_processes = num_processes
@@ -54,6 +60,7 @@ class MultiprocessingLauncher(Launcher):
         self.node_rank = node_rank
         self.main_address = main_address
         self.main_port = main_port
+        self.timeout = timeout
         self.is_interactive_compatible = start_method == "fork"
 
     def launch(self, function: Callable[..., Any] | None, *args: Any, **kwargs: Any) -> Any:
@@ -62,13 +69,22 @@ class MultiprocessingLauncher(Launcher):
                 f"start method {self.start_method!r} needs the function to run in each process: "
                 "runtime.launch(main)"
             )
+        store = None
+        port = self.main_port
+        if self.num_nodes == 1:
+            store = host_store(self.main_address, port, self.timeout)
+            port = store.port
+        elif port is None:
+            raise ValueError("a job of several nodes needs the main_port every node agrees on")
         variables = {
             "MASTER_ADDR": self.main_address,
-            "MASTER_PORT": str(self.main_port),
+            "MASTER_PORT": str(port),
             "NODE_RANK": str(self.node_rank),
             "WORLD_SIZE": str(self.num_processes * self.num_nodes),
             "LOCAL_WORLD_SIZE": str(self.num_processes),
         }
+        if store is not None:
+            variables[HOSTED_STORE_VARIABLE] = "1"
         context = mp.get_context(self.start_method)
         results = context.SimpleQueue()
         start_processes(
@@ -86,7 +102,36 @@ class MultiprocessingLauncher(Launcher):
             start_method=self.start_method,
             join=True,
         )
+        del store  # held until every process has ended
         return results.get() if not results.empty() else None
+
+
+HOSTED_STORE_VARIABLE = "SWITCHYARD_LAUNCHER_STORE"
+"""Set (``1``) in the processes whose launcher holds the rendezvous store: every rank, rank 0
+included, connects to it as a client."""
+
+
+def host_store(address: str, port: int | None, timeout: timedelta) -> Any:
+    """A ``TCPStore`` server bound on ``address:port`` (``None``: a port the OS picks), which the
+    processes of the job connect to; a :class:`~switchyard.SelectionError` saying what holds
+    the port when it cannot be bound."""
+    from torch._C._distributed_c10d import TCPStore
+
+    from switchyard.errors import SelectionError
+
+    try:
+        return TCPStore(address, port or 0, None, True, timeout, wait_for_workers=False)
+    except Exception as error:
+        raise SelectionError(
+            f"the rendezvous could not be opened on {address}:{port or 0} "
+            f"({type(error).__name__}: {error}). "
+            + (
+                "Another program holds that port: set another MASTER_PORT, or unset it so a free "
+                "one is chosen"
+                if port
+                else "MASTER_ADDR must be an address of this machine (unset it for 127.0.0.1)"
+            )
+        ) from error
 
 
 def _worker(
