@@ -30,41 +30,10 @@ from switchyard.builtin.environments import lsf as lsf_module
 from switchyard.errors import ArgumentError, DeviceSelectionError, SelectionError, SwitchyardError
 from switchyard.launchers import torchrun
 from switchyard.registry import PluginRegistry
+from switchyard.testing.cluster_variables import NAMES, is_cluster_variable
 from switchyard.validation import MAX_DEVICES_PER_NODE, MAX_NUM_NODES, address_problem
 
 pytestmark = pytest.mark.timeout(60)
-
-# every variable a cluster environment reads, so that a case sees only what it sets
-_PREFIXES = (
-    "SLURM",
-    "LSB_",
-    "LSF_",
-    "JSM_",
-    "OMPI_",
-    "PMI_",
-    "PMIX_",
-    "MPI_",
-    "HYDRA_",
-    "I_MPI_",
-    "TORCHELASTIC_",
-    "PET_",
-    "KUBERNETES_",
-    "SWITCHYARD_",
-)
-_NAMES = (
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "WORLD_SIZE",
-    "RANK",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "GROUP_RANK",
-    "GROUP_WORLD_SIZE",
-    "ROLE_RANK",
-    "ROLE_NAME",
-    "ROLE_WORLD_SIZE",
-    "NODE_RANK",
-)
 
 
 @pytest.fixture
@@ -72,13 +41,13 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[dict[str, str]], Non
     """``apply(variables)``: remove every variable an environment reads, then set
     ``variables``; everything is restored afterwards, also what a case or ``switchyard run``
     sets."""
-    for key in _NAMES:
+    for key in NAMES:
         monkeypatch.setenv(key, "")  # recorded, so that whatever is set later is undone
         monkeypatch.delenv(key)
 
     def apply(variables: dict[str, str]) -> None:
         for key in list(os.environ):
-            if key in _NAMES or key.startswith(_PREFIXES):
+            if is_cluster_variable(key) or key.startswith("SWITCHYARD_"):
                 monkeypatch.delenv(key)
         for key, value in variables.items():
             monkeypatch.setenv(key, value)

@@ -30,6 +30,7 @@ from switchyard.environment import ClusterEnvironment
 from switchyard.errors import SelectionError
 from switchyard.registry import PluginRegistry
 from switchyard.selection import _select_environment, select
+from switchyard.testing.cluster_variables import is_cluster_variable
 
 ALL = {
     "torchelastic": TorchElasticEnvironment,
@@ -40,36 +41,6 @@ ALL = {
     "local": LocalEnvironment,
 }
 
-_PREFIXES = (
-    "SLURM",  # SLURM_* and SLURMD_*
-    "LSB_",
-    "LSF_",
-    "JSM_",
-    "OMPI_",
-    "PMI_",
-    "PMIX_",
-    "MPI_",
-    "HYDRA_",
-    "I_MPI_",
-    "TORCHELASTIC_",
-    "PET_",
-    "KUBERNETES_",
-    "SWITCHYARD_",
-)
-_NAMES = (
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "WORLD_SIZE",
-    "RANK",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "GROUP_RANK",
-    "GROUP_WORLD_SIZE",
-    "ROLE_RANK",
-    "ROLE_NAME",
-    "ROLE_WORLD_SIZE",
-    "NODE_RANK",
-)
 
 SetEnv = Callable[[Mapping[str, str]], None]
 
@@ -78,7 +49,7 @@ SetEnv = Callable[[Mapping[str, str]], None]
 def set_env(monkeypatch: pytest.MonkeyPatch) -> SetEnv:
     """Remove every variable any environment reads, then set the given ones."""
     for key in list(os.environ):
-        if key in _NAMES or key.startswith(_PREFIXES):
+        if is_cluster_variable(key) or key.startswith("SWITCHYARD_"):
             monkeypatch.delenv(key)
 
     def apply(variables: Mapping[str, str]) -> None:
@@ -471,6 +442,28 @@ def test_torchrun_mismatch_names_the_flags(
     assert "pass devices=2, num_nodes=2" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("local_world_size", "bound"),
+    [("2", "GROUP_RANK=2 is not below WORLD_SIZE/LOCAL_WORLD_SIZE=2"), (None, "WORLD_SIZE=4")],
+)
+def test_torchrun_node_rank_is_bounded_without_group_world_size(
+    set_env: SetEnv, local_world_size: str | None, bound: str
+) -> None:
+    # a torchrun-compatible launcher that exports no GROUP_WORLD_SIZE: the node rank is still
+    # checked, against the nodes the other variables imply
+    variables = {**TORCHRUN_2x2_NODE1_LOCAL1, "GROUP_RANK": "2" if local_world_size else "4"}
+    del variables["GROUP_WORLD_SIZE"]
+    if local_world_size is None:
+        del variables["LOCAL_WORLD_SIZE"]
+    set_env(variables)
+    with pytest.raises(SelectionError, match="inconsistent") as info:
+        TorchElasticEnvironment().validate_settings(num_devices=2, num_nodes=2)
+    assert bound.split(" is not below ")[-1] in str(info.value)
+    # the node it names is there when the rank is in range
+    set_env({"GROUP_RANK": "1"})
+    TorchElasticEnvironment().validate_settings(num_devices=2, num_nodes=2)
+
+
 def test_torchrun_compatible_launcher_without_run_id(set_env: SetEnv) -> None:
     # a torchrun-like launcher exporting the full set but no TORCHELASTIC_RUN_ID
     set_env({k: v for k, v in TORCHRUN_2x2_NODE1_LOCAL1.items() if "TORCHELASTIC" not in k})
@@ -543,6 +536,19 @@ def test_srun_step_nodelist_wins_over_the_job_allocation(set_env: SetEnv) -> Non
         }
     )
     assert SLURMEnvironment().main_address == "cn042"
+
+
+def test_srun_node_id_past_the_tasks_per_node_list_names_the_variables(set_env: SetEnv) -> None:
+    # no node count exported: SLURM_TASKS_PER_NODE's list bounds SLURM_NODEID
+    variables = {**SRUN_2x4_TASK6, "SLURM_NODEID": "5"}
+    for name in ("SLURM_JOB_NUM_NODES", "SLURM_NNODES", "SLURM_STEP_NUM_NODES"):
+        variables.pop(name)
+    variables.pop("SLURM_STEP_TASKS_PER_NODE", None)
+    set_env(variables)
+    with pytest.raises(SelectionError) as info:
+        SLURMEnvironment().validate_settings(num_devices=4, num_nodes=2)
+    assert "SLURM_NODEID=5 is not below len(SLURM_TASKS_PER_NODE)=2" in str(info.value)
+    assert "devices=" not in str(info.value)
 
 
 @pytest.mark.parametrize(

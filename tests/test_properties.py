@@ -33,6 +33,7 @@ from switchyard.accelerator import Accelerator
 from switchyard.errors import SwitchyardError
 from switchyard.registry import default_registry
 from switchyard.selection import select
+from switchyard.testing.cluster_variables import NAMES, is_cluster_variable
 from switchyard.validation import (
     MAX_DEVICES_PER_NODE,
     MAX_NUM_NODES,
@@ -58,45 +59,13 @@ PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 pytestmark = pytest.mark.timeout(600 if PROFILE.max_examples > CI_EXAMPLES else 120)
 
-# every variable any cluster environment reads: removed around each example
-_PREFIXES = (
-    "SLURM",
-    "LSB_",
-    "LSF_",
-    "JSM_",
-    "OMPI_",
-    "PMI_",
-    "PMIX_",
-    "MPI_",
-    "HYDRA_",
-    "I_MPI_",
-    "TORCHELASTIC_",
-    "PET_",
-    "KUBERNETES_",
-    "SWITCHYARD_",
-)
-_NAMES = (
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "WORLD_SIZE",
-    "RANK",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "GROUP_RANK",
-    "GROUP_WORLD_SIZE",
-    "ROLE_RANK",
-    "ROLE_NAME",
-    "ROLE_WORLD_SIZE",
-    "NODE_RANK",
-)
-
 
 @contextlib.contextmanager
 def environment(variables: Mapping[str, str | None]) -> Iterator[None]:
     """Exactly ``variables`` of those environments read (``None``: unset), restored after."""
     saved = dict(os.environ)
     for key in list(os.environ):
-        if key in _NAMES or key.startswith(_PREFIXES):
+        if is_cluster_variable(key) or key.startswith("SWITCHYARD_"):
             del os.environ[key]
     os.environ.update({k: v for k, v in variables.items() if v is not None})
     try:
@@ -614,7 +583,7 @@ def _runtime_for(scheduler: str, env: Mapping[str, str | None], nodes: int) -> R
 
 @pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
 def test_scheduler_variables(scheduler: str) -> None:
-    names = {*SCHEDULERS[scheduler][1], *_NAMES, "devices", "num_nodes", "SLURM_", "JSM_"}
+    names = {*SCHEDULERS[scheduler][1], *NAMES, "devices", "num_nodes", "SLURM_", "JSM_"}
 
     @settings(PROFILE)
     @given(job=_scheduler_variables(scheduler))

@@ -15,22 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from switchyard.testing.cluster_variables import is_cluster_variable
+
 # variables that would make a child believe it already belongs to a distributed job (every
 # scheduler the built-in environments detect), or that carry a previous choice of accelerator
 # or strategy (SWITCHYARD_*)
-_DROP_PREFIXES = ("TORCHELASTIC_", "SLURM_", "OMPI_", "PMI_", "PMIX_", "LSB_")
-_DROP = frozenset(
-    {
-        "MASTER_ADDR",
-        "MASTER_PORT",
-        "RANK",
-        "WORLD_SIZE",
-        "LOCAL_RANK",
-        "NODE_RANK",
-        "GROUP_RANK",
-        "LOCAL_WORLD_SIZE",
-    }
-)
 PLUGIN_SWITCHES = frozenset(
     {"SWITCHYARD_PLUGINS", "SWITCHYARD_BLOCK_PLUGINS", "SWITCHYARD_DISABLE_PLUGIN_AUTOLOAD"}
 )
@@ -82,8 +71,7 @@ def child_environment(
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in _DROP
-        and not k.startswith(_DROP_PREFIXES)
+        if not is_cluster_variable(k)
         and (not k.startswith("SWITCHYARD_") or (plugin_switches and k in PLUGIN_SWITCHES))
     }
     inherited = env.get("PYTHONPATH", "")

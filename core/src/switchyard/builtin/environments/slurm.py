@@ -285,8 +285,23 @@ class SLURMEnvironment(SchedulerManaged):
             if per_node is None or per_node_name is None
             else (f"this node's count in {per_node_name[0]}", per_node),
             node_rank=("SLURM_NODEID", self.node_rank()),
-            num_nodes=None if nodes is None or nodes_name is None else (nodes_name[0], nodes),
+            num_nodes=self._node_count(nodes, nodes_name, per_node_name),
         )
+
+    def _node_count(
+        self,
+        nodes: int | None,
+        nodes_name: tuple[str, str] | None,
+        per_node_name: tuple[str, str] | None,
+    ) -> tuple[str, int] | None:
+        """What bounds ``SLURM_NODEID``: the node count Slurm exported, else the nodes its
+        tasks-per-node list covers (a node id past that list has no task count at all)."""
+        if nodes is not None and nodes_name is not None:
+            return (nodes_name[0], nodes)
+        counts = self.tasks_per_node()
+        if counts and per_node_name is not None and per_node_name[0] != "SLURM_NTASKS_PER_NODE":
+            return (f"len({per_node_name[0]})", len(counts))
+        return None
 
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:
         ntasks = self.world_size()

@@ -68,15 +68,24 @@ class TorchElasticEnvironment(SchedulerManaged):
     def _check_layout(self) -> None:
         """Inconsistent torchrun variables (a rank at or above the world size...) fail here,
         before any store is created (:func:`check_layout_consistency`)."""
-        per_node, nodes = self.local_world_size(), self.num_nodes()
+        per_node, nodes, world = self.local_world_size(), self.num_nodes(), self.world_size()
+        if nodes is not None:
+            node_count = ("GROUP_WORLD_SIZE", nodes)
+        elif per_node is not None and world % per_node == 0:
+            # GROUP_WORLD_SIZE unset (torchrun-compatible launchers that export only part of
+            # torchrun's variables): the nodes are the processes over those of one node
+            node_count = ("WORLD_SIZE/LOCAL_WORLD_SIZE", world // per_node)
+        else:
+            # every node runs at least one process, so no node rank reaches the world size
+            node_count = ("WORLD_SIZE", world)
         check_layout_consistency(
             self._launcher,
             rank=("RANK", self.global_rank()),
-            world_size=("WORLD_SIZE", self.world_size()),
+            world_size=("WORLD_SIZE", world),
             local_rank=("LOCAL_RANK", self.local_rank()),
             local_world_size=None if per_node is None else ("LOCAL_WORLD_SIZE", per_node),
             node_rank=("GROUP_RANK", self.node_rank()),
-            num_nodes=None if nodes is None else ("GROUP_WORLD_SIZE", nodes),
+            num_nodes=node_count,
         )
 
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:
