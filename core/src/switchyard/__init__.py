@@ -19,13 +19,15 @@ from switchyard.errors import (
     CheckpointError,
     DeviceSelectionError,
     PluginConflictError,
+    PluginError,
+    PluginSelectionError,
     SelectionError,
     SwitchyardError,
 )
 from switchyard.hookspecs import hookimpl
 from switchyard.launcher import Launcher
 from switchyard.precision import Precision
-from switchyard.registry import PluginRegistry, default_registry
+from switchyard.registry import PluginHookError, PluginRegistry, default_registry
 from switchyard.runtime import Runtime, SetupResult
 from switchyard.seed import seed_everything
 from switchyard.strategy import Strategy
@@ -43,6 +45,9 @@ __all__ = [
     "EnvironmentEntry",
     "Launcher",
     "PluginConflictError",
+    "PluginError",
+    "PluginHookError",
+    "PluginSelectionError",
     "PluginRegistry",
     "Precision",
     "PrecisionEntry",
