@@ -67,6 +67,7 @@ class FourDevices(Accelerator):
     """An accelerator with four (fake) devices, for the generic ``parse_devices``."""
 
     device_type: ClassVar[str] = "quad"
+    distributed_backend: ClassVar[str | None] = "gloo"
 
     @classmethod
     def is_available(cls) -> bool:
@@ -75,6 +76,19 @@ class FourDevices(Accelerator):
     @classmethod
     def device_count(cls) -> int:
         return 4
+
+
+class FourSilentDevices(FourDevices):
+    """Four (fake) devices no ``torch.distributed`` backend takes tensors of."""
+
+    distributed_backend: ClassVar[str | None] = None
+
+
+def test_auto_devices_is_one_where_processes_cannot_talk():
+    # devices="auto" on four devices without a backend would start four processes that can
+    # only fail; one runs
+    assert FourSilentDevices.parse_devices("auto") == [0]
+    assert FourSilentDevices.parse_devices(4) == [0, 1, 2, 3]
 
 
 class FakeMultiProcess(SingleDeviceStrategy):

@@ -14,12 +14,15 @@ import re
 from abc import ABC
 from collections.abc import Callable, Iterable, Sequence, Sized
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from switchyard.errors import DeviceSelectionError, SelectionError
 from switchyard.validation import MAX_DEVICES_PER_NODE
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
 
 DevicesArg = int | str | Sequence[int]
 """What users pass as ``devices=``: ``2``, ``-1`` (all), ``[0, 2]``, ``"0,1"``, ``"2"``, ``"auto"``."""
@@ -231,7 +234,11 @@ class Accelerator(ABC):
 
     @classmethod
     def auto_device_count(cls) -> int:
-        """How many devices ``devices="auto"`` means. Default: all of them."""
+        """How many devices ``devices="auto"`` means. Default: all of them where processes on
+        them can talk (:meth:`process_group_backend`), else one: a job of several processes
+        that cannot talk would only fail."""
+        if cls.process_group_backend() is None:
+            return 1
         return max(cls.device_count(), 1)
 
     @classmethod
@@ -422,6 +429,14 @@ class Accelerator(ABC):
             except Exception:  # a name is nice to have; never worth failing a report for
                 pass
         return str(device)
+
+    def process_dataloader(self, dataloader: DataLoader[Any]) -> DataLoader[Any]:
+        """The loader this process reads batches from, given the one the strategy prepared
+        (its distributed sampler in place), for loaders whose batches the runtime moves to the
+        device. An accelerator that loads better another way returns a re-created loader (CUDA
+        pins host memory so that copies to the device run asynchronously). Default: unchanged.
+        """
+        return dataloader
 
     def teardown(self) -> None:
         """Release what :meth:`setup_device` acquired; the device must stay usable afterwards."""

@@ -118,6 +118,8 @@ def _auto_accelerator(registry: PluginRegistry) -> dict[str, Any]:
 
 def plugins_report(registry: PluginRegistry, *, check: bool = False) -> dict[str, Any]:
     """What ``switchyard plugins --json`` prints; ``check`` imports and creates every entry."""
+    from switchyard.selection import device_type_claimants
+
     entries = []
     for kind in ("accelerator", "strategy", "precision", "environment"):
         conflicts = registry.conflicts(kind)
@@ -134,6 +136,16 @@ def plugins_report(registry: PluginRegistry, *, check: bool = False) -> dict[str
                     f"name also registered by plugin {', '.join(sorted(set(clash)))}; select it "
                     f"as '{reg.plugin.name}:{reg.entry.name}'"
                 )
+            if reason is None and kind == "accelerator":
+                claimed = device_type_claimants(registry, reg)
+                if claimed:
+                    reason = (
+                        "steps aside for "
+                        + ", ".join(
+                            f"accelerator {r.entry.name!r} ({r.plugin.name})" for r in claimed
+                        )
+                        + ", a plugin for its device type"
+                    )
             entries.append(
                 {
                     "name": reg.entry.name,

@@ -54,6 +54,11 @@ ENV_BLOCK = "SWITCHYARD_BLOCK_PLUGINS"
 
 PluginSource = Literal["builtin", "entry-point", "explicit"]
 
+SHARED_ALIAS_KINDS: frozenset[EntryKind] = frozenset({"accelerator"})
+"""Kinds whose entries may share an alias without a conflict (``gpu`` for every GPU
+accelerator): selection resolves such an alias to the available entry of highest priority among
+those declaring it (:meth:`PluginRegistry.shared_alias`). Other kinds' names stay one plugin's."""
+
 SLOW_IMPORT_SECONDS = 0.5
 """A plugin whose import and registration hooks take longer than this is flagged as slow by
 ``switchyard plugins``: discovery runs in every process, so it adds that much to every
@@ -826,11 +831,20 @@ class PluginRegistry:
         """The one registration for ``name``, ``None`` if there is none.
 
         Raises :class:`~switchyard.PluginConflictError` when two plugins claim the name and
-        none was passed explicitly; the message names both and how to choose.
+        none was passed explicitly; the message names both and how to choose. Two cases are no
+        conflict: an entry that yields to plugins (:func:`yields_to_plugins`) steps aside for
+        the other plugin's entry, and an alias several accelerators share
+        (:meth:`shared_alias`) answers with the one of highest priority (selection picks the
+        highest *available* one).
         """
         found = self.candidates(kind, name)
+        if len(found) > 1:
+            found = _without_yielding(found)
         if len(found) <= 1:
             return found[0] if found else None
+        shared = self.shared_alias(kind, name)
+        if shared is not None:
+            return shared[0]
         explicit = [r for r in found if r.plugin.source == "explicit"]
         if len(explicit) == 1:
             return explicit[0]
@@ -847,14 +861,50 @@ class PluginRegistry:
         )
 
     def conflicts(self, kind: EntryKind) -> dict[str, list[Registration]]:
-        """Names claimed by more than one plugin."""
+        """Names claimed by more than one plugin, leaving out the two cases :meth:`get`
+        settles: an entry that yields to another plugin's, and a shared alias."""
         by_name: dict[str, list[Registration]] = {}
         for r in self.registrations(kind):
             for name in r.entry.names:
                 by_name.setdefault(name, []).append(r)
-        return {
-            name: regs for name, regs in by_name.items() if len({r.plugin.name for r in regs}) > 1
-        }
+        conflicting = {}
+        for name, regs in by_name.items():
+            regs = _without_yielding(regs)
+            if len({r.plugin.name for r in regs}) > 1 and self.shared_alias(kind, name) is None:
+                conflicting[name] = regs
+        return conflicting
+
+    def shared_alias(self, kind: EntryKind, name: str) -> list[Registration] | None:
+        """The entries that declare ``name`` as an alias, highest priority first (the first
+        registered among equals), when ``name`` is an alias several entries of ``kind`` may
+        share: ``kind`` is one of :data:`SHARED_ALIAS_KINDS` and no entry has ``name`` as its
+        own name. ``None`` otherwise. ``gpu``, declared by the cuda, rocm, mps and xpu
+        accelerators, is one: ``accelerator="gpu"`` means whichever of them is available."""
+        name = normalize_name(name)
+        if kind not in SHARED_ALIAS_KINDS or ":" in name:
+            return None
+        registrations = self.registrations(kind)
+        if any(r.entry.name == name for r in registrations):
+            return None
+        declaring = [r for r in registrations if name in r.entry.aliases]
+        if not declaring:
+            return None
+        return sorted(declaring, key=lambda r: -r.entry.priority)
+
+
+def yields_to_plugins(registration: Registration) -> bool:
+    """Whether the entry steps aside for any other plugin's entry that claims its name: the
+    built-in plugin's accelerators do. They are the generic accelerator of a device a PyTorch
+    extension registered (:mod:`switchyard.builtin.torch_device`), and a vendor's plugin for
+    that device is the better description of it. Selection also lets another entry declaring
+    the same device type win over them."""
+    return registration.plugin.source == "builtin" and registration.kind == "accelerator"
+
+
+def _without_yielding(registrations: list[Registration]) -> list[Registration]:
+    """The registrations less those that yield to another plugin's among them."""
+    kept = [r for r in registrations if not yields_to_plugins(r)]
+    return kept or registrations
 
 
 def _as_entries(result: object) -> Iterator[Any]:
@@ -969,6 +1019,7 @@ def reset_default_registry() -> None:
 
 __all__ = [
     "LIFECYCLE_HOOKS",
+    "SHARED_ALIAS_KINDS",
     "SLOW_IMPORT_SECONDS",
     "PluginFailure",
     "PluginHookError",
@@ -978,4 +1029,5 @@ __all__ = [
     "block_hint",
     "default_registry",
     "reset_default_registry",
+    "yields_to_plugins",
 ]

@@ -463,6 +463,8 @@ class Runtime:
                 rank=self.global_rank,
             )
             loader = self.strategy.process_dataloader(loader)
+            if move_to_device:
+                loader = self.accelerator.process_dataloader(loader)
             prepared.append(RuntimeDataLoader(loader, self.device if move_to_device else None))
         return prepared[0] if len(prepared) == 1 else tuple(prepared)
 

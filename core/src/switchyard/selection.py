@@ -5,6 +5,12 @@ names get the closest known names as suggestions and, when a first-party plugin 
 them, the command that installs it (or, when that plugin is installed but blocked, that it is
 blocked). Incompatible combinations fail here, saying what is supported.
 
+Among accelerators nothing is ordered here: ``"auto"`` takes the available entry of highest
+declared ``priority``, and an alias several accelerators share (``"gpu"``) the available one of
+highest priority among those declaring it. The generic accelerator of a device a PyTorch
+extension registered (:mod:`switchyard.builtin.torch_device`) steps aside for any plugin's
+entry of that device type.
+
 Plugin code is isolated here too. ``"auto"`` skips an entry whose factory cannot be imported,
 whose constructor or ``is_available()``/``detect()`` raises, that builds the wrong type, or whose
 name two plugins claim; each skip is recorded in the registry's failures (shown by
@@ -38,7 +44,7 @@ from switchyard.errors import (
     SwitchyardError,
 )
 from switchyard.precision import Precision
-from switchyard.registry import PluginRegistry, Registration, block_hint
+from switchyard.registry import PluginRegistry, Registration, block_hint, yields_to_plugins
 from switchyard.strategy import Strategy
 from switchyard.validation import MAX_NUM_NODES, parse_int
 
@@ -495,9 +501,23 @@ def _select_accelerator(
     name = value.strip().lower()
     if name == "auto":
         return _auto_accelerator(registry)
+    shared = registry.shared_alias("accelerator", name)
+    if shared is not None:
+        return _shared_alias_accelerator(registry, name, shared)
     registration = _lookup(registry, "accelerator", name)
     cls = _load_class(registration)
     _check_device_type(cls, registration)
+    # a qualified name ("builtin:openreg") asks for that very entry
+    claimed = [] if ":" in name else device_type_claimants(registry, registration)
+    if claimed:
+        raise SelectionError(
+            f"accelerator {name!r} is switchyard's generic accelerator for the PyTorch device "
+            f"{cls.device_type!r}, and a plugin describes that device: "
+            + "; ".join(f"accelerator {r.entry.name!r} from {r.plugin.describe()}" for r in claimed)
+            + f". The plugin's accelerator wins: pass accelerator={claimed[0].entry.name!r} "
+            f"(or accelerator='{registration.plugin.name}:{registration.entry.name}' to use the "
+            "generic one anyway)"
+        )
     with _plugin_code(origin(registration), "unavailable_reason()"):
         reason = cls.unavailable_reason()
     if reason is not None:
@@ -507,6 +527,86 @@ def _select_accelerator(
             f"Usable here: {', '.join(usable) or 'none'}; pass accelerator='auto' to pick the best."
         )
     return _instantiate(registration, cls), registration.entry.name, origin(registration)
+
+
+def _shared_alias_accelerator(
+    registry: PluginRegistry, alias: str, declaring: list[Registration]
+) -> tuple[Accelerator, str, str]:
+    """The available accelerator of highest priority among those declaring ``alias``
+    (``gpu``); when none is, an error saying why each one is not."""
+    reasons = []
+    for registration in declaring:
+        where = f"{registration.entry.name!r} from {registration.plugin.describe()}"
+        if not _unambiguous(registry, registration):
+            reasons.append(f"{where}: its name is claimed by several plugins")
+            continue
+        with _plugin_code(
+            origin(registration), f"the check of its requires {registration.entry.requires}"
+        ):
+            missing = registration.entry.missing_requirements()
+        if missing:
+            plugin = first_party.plugin_for("accelerator", registration.entry.name)
+            install = f" ({first_party.install_command(plugin)})" if plugin else ""
+            reasons.append(f"{where}: needs the module {', '.join(missing)}{install}")
+            continue
+        # as for "auto", one broken plugin must not hide the others: its failure is recorded
+        # and becomes its reason
+        stage = "factory"
+        try:
+            cls = registration.entry.load()
+            _check_device_type(cls, registration)
+            stage = "is_available"
+            reason = cls.unavailable_reason()
+            if reason is None and not device_type_claimants(registry, registration):
+                stage = "create"
+                instance = _instantiate(registration, cls)
+                return instance, registration.entry.name, origin(registration)
+        except (Exception, SystemExit) as error:
+            cause = error.__cause__ if isinstance(error, PluginSelectionError) else None
+            failure = cause or error
+            _skip(registry, registration, stage, failure)
+            reasons.append(f"{where}: its plugin failed at {stage}: {_error_text(failure)}")
+            continue
+        reasons.append(f"{where}: {reason or 'a plugin for its device type takes its place'}")
+    usable = [n for n, _ in _usable_accelerators(registry)]
+    raise SelectionError(
+        f"accelerator {alias!r} names whichever of the accelerators declaring it is available "
+        f"(highest priority first): {', '.join(r.entry.name for r in declaring)}; none is usable "
+        f"here: {'; '.join(reasons)}. Usable here: {', '.join(usable) or 'none'}; pass "
+        "accelerator='auto' to pick the best."
+    )
+
+
+def device_type_claimants(
+    registry: PluginRegistry, registration: Registration
+) -> list[Registration]:
+    """For an entry that yields to plugins (the generic accelerator of a PyTorch device,
+    :func:`~switchyard.registry.yields_to_plugins`): the other plugins' accelerator entries
+    that describe its device, by having its device type as their name or by declaring it as
+    their ``device_type``, highest priority first. Empty for any other entry. Whether they are
+    available does not matter: a plugin that says its device is unusable is not overruled."""
+    if not yields_to_plugins(registration):
+        return []
+    try:
+        device_type = getattr(registration.entry.load(), "device_type", None)
+    except (Exception, SystemExit):
+        return []
+    claimants = []
+    for other in registry.registrations("accelerator"):
+        if yields_to_plugins(other):
+            continue
+        if device_type in other.entry.names:
+            claimants.append(other)
+            continue
+        try:
+            if other.entry.missing_requirements():
+                continue
+            declared = getattr(other.entry.load(), "device_type", None)
+        except (Exception, SystemExit):
+            continue  # recorded when selection tries that entry itself
+        if declared == device_type:
+            claimants.append(other)
+    return sorted(claimants, key=lambda r: -r.entry.priority)
 
 
 def _check_device_type(cls: Any, registration: Registration) -> None:
@@ -539,6 +639,8 @@ def _available_accelerators(
         except SelectionError as error:
             _skip(registry, registration, "factory", str(error))
             continue
+        if device_type_claimants(registry, registration):
+            continue  # a plugin for the device wins over the generic accelerator
         try:
             available = cls.is_available()
         except (Exception, SystemExit) as error:

@@ -9,10 +9,19 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from switchyard.entries import EnvironmentEntry, PrecisionEntry, StrategyEntry
+from switchyard.entries import AcceleratorEntry, EnvironmentEntry, PrecisionEntry, StrategyEntry
 from switchyard.hookspecs import hookimpl
 
 _PRECISIONS = "switchyard.builtin.precisions"
+
+
+@hookimpl
+def switchyard_accelerators() -> Iterator[AcceleratorEntry]:
+    # a device a PyTorch extension registered (PrivateUse1) works with no plugin; a plugin for
+    # it takes its place (the rules are in switchyard.builtin.torch_device)
+    from switchyard.builtin import torch_device
+
+    yield from torch_device.entries()
 
 
 @hookimpl
