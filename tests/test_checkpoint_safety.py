@@ -86,6 +86,11 @@ out-of-memory killer then ended it: capped, such an allocation fails inside the 
 must be reported as a corrupt file, instead of taking the machine's memory."""
 
 
+MEMO_BOMB = b"N" + b"r" + (1 << 28).to_bytes(4, "little") + b"."
+"""``None``, ``LONG_BINPUT 2**28``, ``STOP``: 7 bytes that the C unpickler answers with 4 GiB of
+memo (tests/test_load_memory.py measures it)."""
+
+
 def _memory_capped(command: list[str]) -> list[str]:
     """``command`` run with :data:`JOB_MEMORY_LIMIT` on its address space."""
     cap = (
@@ -240,13 +245,17 @@ class Crafter:
         self.cases.append(Case(label, path, file, kind, opt_out, **kw))
 
     def _corrupt_variants(self, source: Path, file: Path, keys: tuple[str, ...]) -> None:
-        for variant in ("truncated", "garbage"):
+        for variant in ("truncated", "garbage", "memo-bomb"):
             path, target, label = self._copy(source, file, variant)
             data = target.read_bytes()
             if variant == "truncated":
                 target.write_bytes(data[: len(data) // 2])
-            else:
+            elif variant == "garbage":
                 target.write_bytes(os.urandom(64) + b"this is not a checkpoint\n" * 8)
+            else:
+                # what random garbage once held by chance (the 12 GB load): a memo entry whose
+                # index the C unpickler allocates twice over, and fills, before anything else
+                target.write_bytes(MEMO_BOMB)
             self._add(label, path, target, "corrupt", False, keys=keys)
 
     def _torch_file(

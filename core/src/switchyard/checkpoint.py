@@ -34,6 +34,14 @@ Safe loading
     When a file is refused, :func:`inspect_pickle` tells a file that really holds objects (the
     error names them and the opt-out) from one that is corrupt or no checkpoint at all (the
     error says so, and does not suggest unpickling it).
+
+Declared sizes
+    A file states sizes that readers allocate before they read: a pickle's memo indices (the C
+    unpickler grows its memo to twice the largest index, and fills it), a zip archive's
+    uncompressed record sizes (torch's reader allocates them). :func:`check_pickle_memo` and
+    :func:`check_zip_sizes` hold them against the size of the file before any reader runs, so a
+    few crafted bytes cannot make a load allocate gigabytes: they are refused as corrupt, naming
+    the file, the field, the value declared and what the file can hold.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import importlib
 import io
 import os
 import pickle
+import pickletools
 import re
 import shutil
 import sys
@@ -519,7 +528,11 @@ def load_file(path: str | Path, weights_only: bool = True) -> dict[str, Any]:
             "checkpoint directory with runtime.load or switchyard.checkpoint.load"
         )
     try:
+        if weights_only:
+            check_declared_sizes(path, repr(str(path)))
         loaded = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except CheckpointError:
+        raise
     except OSError as error:
         raise CheckpointError(
             f"could not read checkpoint {str(path)!r}: {describe_os_error(error, path)}"
@@ -572,6 +585,200 @@ def consolidate(
     state = load(source, weights_only=weights_only)
     atomic_save(state, destination)
     return state
+
+
+# -- declared sizes, checked before anything is allocated -------------------------------------------
+
+_LINE_LIMIT = 1 << 16
+"""The longest text argument (a line) of a pickle opcode read while checking a pickle; the
+texts of checkpoint pickles (module and class names, decimal numbers) are far shorter."""
+
+
+def _argument_layouts() -> dict[int, tuple[str, int]]:
+    """Per opcode byte, how its argument is laid out: ``("fixed", n)`` bytes, ``("lines", n)``
+    newline-terminated lines, or ``("counted", w)`` a ``w``-byte little-endian length then that
+    many bytes (the layouts ``pickletools`` documents)."""
+    counted = {-2: 1, -3: 4, -4: 4, -5: 8}
+    layouts: dict[int, tuple[str, int]] = {}
+    for op in pickletools.opcodes:
+        code = ord(op.code.encode("latin-1"))
+        n = 0 if op.arg is None else op.arg.n
+        if n >= 0:
+            layouts[code] = ("fixed", n)
+        elif n == pickletools.UP_TO_NEWLINE:
+            layouts[code] = ("lines", 2 if op.name in ("GLOBAL", "INST") else 1)
+        else:
+            layouts[code] = ("counted", counted[n])
+    return layouts
+
+
+_LAYOUTS = _argument_layouts()
+_NAMES = {ord(op.code.encode("latin-1")): op.name for op in pickletools.opcodes}
+_PUT, _BINPUT, _LONG_BINPUT = ord("p"), ord("q"), ord("r")
+_MEMOIZE, _FRAME, _STOP = 0x94, 0x95, ord(".")
+_SIGNED_LENGTHS = frozenset({ord("T"), 0x8B})
+"""BINSTRING and LONG4 give their length as a signed number."""
+
+
+class _Malformed(Exception):
+    """The pickle cannot be walked further: the unpickler stops there too. ``ran_off``: at the
+    end of the data, not at a bad opcode."""
+
+    def __init__(self, ran_off: bool = False) -> None:
+        super().__init__()
+        self.ran_off = ran_off
+
+
+def _walk_memo(data: bytes, start: int, what: str, size: int) -> int:
+    """Walk the opcodes of the pickle at ``data[start:]`` up to ``STOP``, refusing a memo index
+    beyond the entries stored so far; returns where the pickle ends. Raises
+    :class:`_Malformed` where it cannot go on."""
+    layouts, end = _LAYOUTS, len(data)
+    stored = 0
+    at = start
+    while True:
+        if at >= end:
+            raise _Malformed(ran_off=True)
+        position = at
+        code = data[at]
+        at += 1
+        layout = layouts.get(code)
+        if layout is None:
+            raise _Malformed
+        kind, n = layout
+        index = -1
+        if kind == "fixed":
+            at += n
+            if code in (_BINPUT, _LONG_BINPUT):
+                index = int.from_bytes(data[at - n : at], "little")
+            elif code == _FRAME and int.from_bytes(data[at - n : at], "little") > size - at:
+                raise CheckpointError(
+                    f"{what} is corrupt (crafted or damaged): its pickle declares a frame of "
+                    f"{int.from_bytes(data[at - n : at], 'little')} bytes (FRAME at byte "
+                    f"{position}, its length field), but the file has {max(0, size - at)} "
+                    "bytes after it"
+                )
+        elif kind == "lines":
+            for _ in range(n):
+                newline = data.find(b"\n", at, min(end, at + _LINE_LIMIT))
+                if newline < 0:
+                    raise _Malformed(ran_off=end - at < _LINE_LIMIT)
+                line, at = data[at:newline], newline + 1
+            if code == _PUT:
+                try:
+                    index = int(line)
+                except ValueError:
+                    raise _Malformed from None
+        else:
+            count = int.from_bytes(data[at : at + n], "little", signed=code in _SIGNED_LENGTHS)
+            at += n
+            if count < 0:
+                raise _Malformed
+            if count > size - at:
+                # the C unpickler allocates the declared length before it reads
+                raise CheckpointError(
+                    f"{what} is corrupt (crafted or damaged): its pickle declares a "
+                    f"{count}-byte argument ({_NAMES[code]} at byte {position}, its length "
+                    f"field), but the file has {max(0, size - at)} bytes after it"
+                )
+            at += count
+        if at > end:
+            raise _Malformed(ran_off=True)
+        if code == _MEMOIZE:
+            stored += 1
+        elif index >= 0:
+            if index > stored:
+                name = {_PUT: "PUT", _BINPUT: "BINPUT"}.get(code, "LONG_BINPUT")
+                raise CheckpointError(
+                    f"{what} is corrupt (crafted or damaged): its pickle stores memo entry "
+                    f"{index} ({name} at byte {position}) after {stored} entries, so it "
+                    f"declares a memo of {index + 1} entries, which a file of {size} bytes "
+                    f"cannot hold; unpickling it would allocate {16 * index} bytes"
+                )
+            stored += index == stored
+        elif code == _STOP:
+            return at
+
+
+_SCAN_LIMIT = 256 << 20
+"""The most of a stream :func:`check_pickle_memo` reads: the pickles it checks (a DCP
+``.metadata``, the pickles at the start of torch's legacy format) are far smaller."""
+
+
+def check_pickle_memo(source: IO[bytes] | bytes, what: str, pickles: int = 1) -> None:
+    """Refuse (``CheckpointError``) the ``pickles`` consecutive pickles at the start of
+    ``source`` if one stores a memo entry at an index that no pickler writes: picklers number
+    their memo entries 0, 1, 2... in order, and the C unpickler (``pickle.Unpickler``) grows its
+    memo to twice the largest index it meets and fills it, so a 7-byte pickle storing entry
+    ``2**30`` makes it allocate and touch 16 GiB. The opcodes are walked without building any
+    object; a pickle that is malformed further on is left for the unpickler to refuse (it stops
+    there too). ``what`` names the file in the error. A stream's position is restored; one
+    whose pickles do not end within :data:`_SCAN_LIMIT` bytes is refused."""
+    if isinstance(source, bytes):
+        data, size = source, len(source)
+    else:
+        start = source.tell()
+        size = source.seek(0, os.SEEK_END) - start
+        source.seek(start)
+        try:
+            data = source.read(min(size, _SCAN_LIMIT))
+        finally:
+            source.seek(start)
+    at = 0
+    for _ in range(pickles):
+        try:
+            at = _walk_memo(data, at, what, size)
+        except _Malformed as malformed:
+            if malformed.ran_off and len(data) < size:
+                raise CheckpointError(
+                    f"{what} cannot be checked: its pickle does not end within the first "
+                    f"{_SCAN_LIMIT} bytes (of {size}); no checkpoint pickle is that large"
+                ) from None
+            return
+        if at >= len(data):
+            return
+
+
+def check_zip_sizes(source: str | Path | IO[bytes], what: str) -> None:
+    """Refuse (``CheckpointError``) a zip archive (``torch.save``'s format) a record of which
+    declares more uncompressed bytes than the whole archive holds: torch's reader allocates the
+    declared size before it inflates the record into it, and ``torch.save`` stores records
+    uncompressed, so a real checkpoint never declares more than its file has. Not a zip archive,
+    or a damaged one: left for the reader to refuse."""
+    try:
+        with zipfile.ZipFile(source) as archive:
+            if isinstance(source, (str, Path)):
+                size = os.stat(source).st_size
+            else:
+                source.seek(0, os.SEEK_END)
+                size = source.tell()
+            for info in archive.infolist():
+                if info.file_size > size:
+                    raise CheckpointError(
+                        f"{what} is corrupt (crafted or damaged): its record {info.filename!r} "
+                        f"declares {info.file_size} bytes uncompressed (file_size), the whole "
+                        f"archive is {size} bytes; torch.save stores records uncompressed, so "
+                        "no checkpoint declares more than its file holds"
+                    )
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError):
+        return
+    finally:
+        if not isinstance(source, (str, Path)):
+            source.seek(0)
+
+
+def check_declared_sizes(path: Path, what: str) -> None:
+    """:func:`check_zip_sizes` for a zip archive, :func:`check_pickle_memo` over the pickles
+    at the start of torch's legacy format (magic number, protocol, system info, data) for any
+    other file: what ``torch.load`` allocates from a file before reading it, bounded by the
+    file's size."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+        handle.seek(0)
+        if head[:2] == b"PK":
+            check_zip_sizes(handle, what)
+        else:
+            check_pickle_memo(handle, what, pickles=4)
 
 
 # -- what a refused file holds ----------------------------------------------------------------------
@@ -658,6 +865,10 @@ def _inspect_stream(handle: IO[bytes]) -> PickleReport:
     handle.seek(0)
     if head[:2] == b"PK":
         try:
+            check_zip_sizes(handle, "the file")
+        except CheckpointError as error:
+            return PickleReport(False, problem=str(error).removeprefix("the file is "))
+        try:
             with zipfile.ZipFile(handle) as archive:
                 pickles = [n for n in archive.namelist() if n.split("/")[-1] == "data.pkl"]
                 if not pickles:
@@ -673,6 +884,10 @@ def _inspect_stream(handle: IO[bytes]) -> PickleReport:
 
 def _scan(handle: IO[bytes], legacy: bool) -> PickleReport:
     names: list[str] = []
+    try:
+        check_pickle_memo(handle, "the file", pickles=4 if legacy else 1)
+    except CheckpointError as error:
+        return PickleReport(False, problem=str(error).removeprefix("the file is "))
     try:
         first = _RecordingUnpickler(handle, names).load()
         if legacy and first == _LEGACY_MAGIC:

@@ -117,9 +117,17 @@ def read_metadata(directory: str | Path, weights_only: bool = True) -> Any:
         )
     try:
         with open(file, "rb") as handle:
-            # with weights_only=False the caller trusts the checkpoint: DCP's own plain pickle
-            unpickler = MetadataUnpickler(handle) if weights_only else pickle.Unpickler(handle)
+            if weights_only:
+                # the memo indices bounded first: 7 crafted bytes make the C unpickler fill
+                # gigabytes of memo before it meets anything it could refuse
+                data = handle.read()
+                checkpoint.check_pickle_memo(data, where)
+                unpickler: pickle.Unpickler = MetadataUnpickler(io.BytesIO(data))
+            else:  # the caller trusts the checkpoint: DCP's own plain pickle
+                unpickler = pickle.Unpickler(handle)
             metadata = unpickler.load()
+    except CheckpointError:
+        raise
     except _Refused as refused:
         raise CheckpointError(
             f"{where} holds objects that the safe loader refuses to unpickle ({refused.name}); "
@@ -239,6 +247,14 @@ def _reader(directory: Path, metadata: Any, weights_only: bool) -> Any:
         instead of unpickling ``.metadata`` with plain ``pickle``. Tensor records are read with
         ``torch.load(weights_only=True)`` by DCP itself."""
 
+        def _slice_file(self, file: Any, sinfo: Any) -> Any:
+            # tensor records go to torch.load inside DCP: their zip record sizes are bounded
+            # by the record (offset and length already checked against the file)
+            view = super()._slice_file(file, sinfo)
+            what = f"the record at byte {sinfo.offset} of {str(directory / sinfo.relative_path)!r}"
+            checkpoint.check_zip_sizes(view, what)
+            return view
+
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
             from torch.distributed.checkpoint.metadata import StorageMeta
 
@@ -259,6 +275,7 @@ def _load_bytes(planner: Any, read_item: Any, value: io.BytesIO, directory: Path
     info = (getattr(planner.metadata, "storage_data", None) or {}).get(read_item.storage_index)
     file = directory / info.relative_path if info is not None else directory
     what = f"the record of {fqn!r} in {str(file)!r}"
+    checkpoint.check_zip_sizes(io.BytesIO(data), what)
     try:
         obj = torch.load(io.BytesIO(data), weights_only=True)
     except Exception as error:
