@@ -30,6 +30,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "core"
@@ -38,6 +39,16 @@ DEFAULT_PLUGINS = {"cpu", "ddp"}
 # what the documentation installs; an extra exists for every other plugin folder
 PLUGIN_FOLDERS = sorted(p.name for p in PLUGINS.iterdir() if (p / "pyproject.toml").is_file())
 EXPECTED_EXTRAS = {*(set(PLUGIN_FOLDERS) - DEFAULT_PLUGINS), "all", "testing"}
+
+
+def _in_all(folder: str) -> bool:
+    """Whether the plugin's extra belongs in ``[all]`` (``[tool.switchyard] in-all``): not for
+    engines that pin a torch of their own."""
+    with open(PLUGINS / folder / "pyproject.toml", "rb") as file:
+        return bool(tomllib.load(file).get("tool", {}).get("switchyard", {}).get("in-all", True))
+
+
+IN_ALL = {name for name in EXPECTED_EXTRAS - {"all", "testing"} if _in_all(name)}
 
 # environment variables that would make a fresh environment less than fresh
 _LEAKY = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PIP_NO_BUILD_ISOLATION")
@@ -89,9 +100,9 @@ def test_checkout_build_points_at_the_plugin_folders(monkeypatch):
     assert set(extras) == EXPECTED_EXTRAS
     assert extras["fsdp"] == [f"switchyard-fsdp @ {(PLUGINS / 'fsdp').as_uri()}"]
     assert extras["testing"] == ["pytest>=8"]
-    assert extras["all"] == sorted(
-        r for name in EXPECTED_EXTRAS - {"all", "testing"} for r in extras[name]
-    )
+    assert extras["all"] == sorted(r for name in IN_ALL for r in extras[name])
+    # the engines that pin their own torch stay out of [all], which must resolve
+    assert {"xla", "xpu"} & set(PLUGIN_FOLDERS) <= EXPECTED_EXTRAS - IN_ALL
 
 
 @pytest.mark.parametrize(

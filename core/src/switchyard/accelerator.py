@@ -61,16 +61,28 @@ def _call(function: Callable[..., Any] | None, *args: Any) -> Any:
 
 
 def ask_torch(device_type: str, generic: str, module_function: str, *args: Any) -> Any:
-    """``torch.accelerator.<generic>(*args)`` when ``device_type`` is the current accelerator
-    and torch's backend for it answers; else the device module's ``<module_function>(*args)``;
-    ``None`` if neither exists. An extension that registers its device only from Python (a
-    renamed PrivateUse1 backend without C++ hooks) is answered by its module."""
+    """The device module's ``<module_function>(*args)`` where the module defines it; else
+    ``torch.accelerator.<generic>(*args)`` when ``device_type`` is the current accelerator and
+    torch's backend for it answers; ``None`` if neither exists. The module comes first because
+    it is the device's own answer: for an extension that registers its device only from Python
+    (a renamed PrivateUse1 backend without C++ hooks) ``torch.accelerator`` raises on some torch
+    releases and silently does nothing on others (``synchronize`` on torch 2.9)."""
+    function = getattr(device_module(device_type), module_function, None)
+    refused: BaseException | None = None
+    if callable(function):
+        try:
+            return function(*args)
+        except _UNSUPPORTED as error:
+            refused = error  # torch's generic API may still answer
     if is_current_accelerator(device_type):
         try:
             return getattr(torch.accelerator, generic)(*args)
         except _UNSUPPORTED:
-            pass
-    return _call(getattr(device_module(device_type), module_function, None), *args)
+            if refused is None:
+                return None
+    if refused is not None:
+        raise refused
+    return None
 
 
 _COUNT_TEXT = re.compile(r"\s*\+?([0-9]+)\s*")
