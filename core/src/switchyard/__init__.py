@@ -8,6 +8,7 @@ from switchyard import _torch_import  # noqa: F401
 from switchyard.accelerator import Accelerator, DevicesArg
 from switchyard.entries import (
     AcceleratorEntry,
+    CheckpointFormatEntry,
     Entry,
     EnvironmentEntry,
     PrecisionEntry,
@@ -36,6 +37,7 @@ from switchyard.wrappers import RuntimeDataLoader, RuntimeModule, RuntimeOptimiz
 __all__ = [
     "Accelerator",
     "AcceleratorEntry",
+    "CheckpointFormatEntry",
     "ArgumentError",
     "CheckpointError",
     "ClusterEnvironment",

@@ -550,14 +550,37 @@ def load(path: str | Path, weights_only: bool = True) -> dict[str, Any]:
     """Every entry of the checkpoint at ``path``, in this one process, with no strategy: a
     single file as :func:`load_file` reads it, or a sharded checkpoint directory with its
     modules and optimizers as full (consolidated) CPU tensors, optimizer state keyed by
-    parameter index as ``Optimizer.state_dict()`` has it. What ``switchyard consolidate``
-    writes."""
+    parameter index as ``Optimizer.state_dict()`` has it. A directory in a plugin's own format
+    (``switchyard_checkpoint_formats``: a DeepSpeed checkpoint) is read by that plugin. What
+    ``switchyard consolidate`` writes."""
     path = resolve(Path(path))
     if path.is_dir():
         from switchyard import sharded
 
+        if not sharded.is_sharded_checkpoint(path):
+            reader = _plugin_format_reader(path)
+            if reader is not None:
+                return dict(reader(path, weights_only=weights_only))
         return sharded.load_full(path, weights_only=weights_only)
     return load_file(path, weights_only=weights_only)
+
+
+def _plugin_format_reader(path: Path) -> Any:
+    """The ``load_full`` of the plugin format whose marker file ``path`` holds, or ``None``."""
+    from switchyard.registry import default_registry
+
+    for info, entry in default_registry().checkpoint_formats():
+        if not (path / entry.marker).is_file():
+            continue
+        missing = entry.missing_requirements()
+        if missing:
+            raise CheckpointError(
+                f"{str(path)!r} is a {entry.name} checkpoint (it holds {entry.marker}), which "
+                f"plugin {info.describe()} reads with {', '.join(missing)}, not installed here: "
+                "install it to read the checkpoint"
+            )
+        return entry.load()
+    return None
 
 
 def consolidate(

@@ -36,6 +36,27 @@ def _as_tuple(value: Any) -> tuple[Any, ...]:
     return tuple(value)
 
 
+def _missing(modules: tuple[str, ...]) -> tuple[str, ...]:
+    missing = []
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(module)
+    return tuple(missing)
+
+
+def _import(target: str) -> Any:
+    """The object a ``"module:attr.attr"`` string names, imported."""
+    module_name, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 @dataclass(frozen=True)
 class Entry:
     """Fields shared by every kind of entry.
@@ -109,25 +130,13 @@ class Entry:
 
     def missing_requirements(self) -> tuple[str, ...]:
         """The modules from ``requires`` that cannot be found, without importing any of them."""
-        missing = []
-        for module in self.requires:
-            try:
-                found = importlib.util.find_spec(module) is not None
-            except (ImportError, ValueError):
-                found = False
-            if not found:
-                missing.append(module)
-        return tuple(missing)
+        return _missing(self.requires)
 
     def load(self) -> Any:
         """Import and return the factory (the class), resolving a ``"module:attr"`` string."""
         if not isinstance(self.factory, str):
             return self.factory
-        module_name, _, attr = self.factory.partition(":")
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        return obj
+        return _import(self.factory)
 
     def create(self, **kwargs: Any) -> Any:
         """Instantiate: the factory called with ``init_args`` updated by ``kwargs``."""
@@ -249,3 +258,53 @@ HOOK_FOR_KIND: Mapping[EntryKind, str] = MappingProxyType(
         "environment": "switchyard_environments",
     }
 )
+
+
+@dataclass(frozen=True)
+class CheckpointFormatEntry:
+    """A checkpoint directory format a plugin's strategy writes, which
+    :func:`switchyard.checkpoint.load` and ``switchyard consolidate`` then read in one process
+    with no strategy. Returned by ``switchyard_checkpoint_formats``; not selectable, so it is no
+    :class:`Entry` kind.
+
+    name: the format, for messages (``"deepspeed"``).
+    marker: the name of a file inside such a directory that only this format writes
+        (``"switchyard-deepspeed.json"``); a directory holding it, and none of core's own
+        metadata, is read by this format.
+    load_full: ``"module:attr"`` of a function ``(directory, weights_only=True) -> dict``
+        returning every entry of the checkpoint as :func:`switchyard.checkpoint.load` does
+        (modules as full CPU state dicts); imported only when such a directory is read.
+    requires: modules the function needs (``"deepspeed"``), checked before it is imported.
+    """
+
+    name: str
+    marker: str
+    load_full: str
+    requires: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_PATTERN.match(self.name):
+            raise EntryError(
+                f"CheckpointFormatEntry name {self.name!r} must be lower-case letters, digits, "
+                "'_', '.' or '-'"
+            )
+        if not isinstance(self.marker, str) or not self.marker or "/" in self.marker:
+            raise EntryError(
+                f"CheckpointFormatEntry {self.name!r}: marker must be a file name (no '/'), "
+                f"got {self.marker!r}"
+            )
+        module, _, attr = str(self.load_full).partition(":")
+        if not isinstance(self.load_full, str) or not module or not attr:
+            raise EntryError(
+                f"CheckpointFormatEntry {self.name!r}: load_full must be a 'module:attr' "
+                f"string, got {self.load_full!r}"
+            )
+        object.__setattr__(self, "requires", _as_tuple(self.requires))
+
+    def missing_requirements(self) -> tuple[str, ...]:
+        """The modules from ``requires`` that cannot be found, without importing any of them."""
+        return _missing(self.requires)
+
+    def load(self) -> Any:
+        """Import and return the ``load_full`` function."""
+        return _import(self.load_full)

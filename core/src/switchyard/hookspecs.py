@@ -42,6 +42,7 @@ import pluggy
 if TYPE_CHECKING:
     from switchyard.entries import (
         AcceleratorEntry,
+        CheckpointFormatEntry,
         EnvironmentEntry,
         PrecisionEntry,
         StrategyEntry,
@@ -123,6 +124,22 @@ def switchyard_env_report() -> Mapping[str, Any] | None:
     """
 
 
+@hookspec
+def switchyard_checkpoint_formats() -> (
+    Iterable[CheckpointFormatEntry] | CheckpointFormatEntry | None
+):
+    """Declare the checkpoint directory formats this plugin's strategies write in their own
+    format (not core's), so that :func:`switchyard.checkpoint.load` and ``switchyard
+    consolidate`` read them in one process, with no strategy.
+
+    Called when such a directory is read, with no arguments. Return (or yield) one or more
+    :class:`~switchyard.entries.CheckpointFormatEntry`: the file that marks the format and the
+    lazy ``"module:attr"`` of the function that reads it. Must not import the engine (name it in
+    ``requires``). Each plugin's implementation is called on its own; one that raises is
+    recorded in the registry's failures and the others are used.
+    """
+
+
 # -- lifecycle hooks --------------------------------------------------------------------------
 
 
@@ -170,3 +187,6 @@ REGISTRATION_HOOKS: tuple[str, ...] = (
 
 REPORT_HOOKS: tuple[str, ...] = ("switchyard_env_report",)
 """Hooks switchyard calls one plugin at a time for what it shows (never wrappers)."""
+
+FORMAT_HOOKS: tuple[str, ...] = ("switchyard_checkpoint_formats",)
+"""Hooks switchyard calls one plugin at a time when it reads a checkpoint (never wrappers)."""

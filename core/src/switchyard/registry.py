@@ -41,6 +41,7 @@ from switchyard import hookspecs
 from switchyard.entries import (
     ENTRY_TYPES,
     HOOK_FOR_KIND,
+    CheckpointFormatEntry,
     Entry,
     EntryKind,
     normalize_name,
@@ -88,7 +89,12 @@ _HOOK_NAMES = tuple(
 # hooks whose implementations switchyard calls itself, one plugin at a time, so that one failing
 # plugin cannot hide the others: a pluggy wrapper around them would never run as one
 _CALLED_ONE_BY_ONE = frozenset(
-    (*hookspecs.REGISTRATION_HOOKS, *hookspecs.REPORT_HOOKS, *LIFECYCLE_HOOKS)
+    (
+        *hookspecs.REGISTRATION_HOOKS,
+        *hookspecs.REPORT_HOOKS,
+        *hookspecs.FORMAT_HOOKS,
+        *LIFECYCLE_HOOKS,
+    )
 )
 _HOOK_HINT = (
     ". The hooks a plugin may implement are documented in switchyard.hookspecs: "
@@ -804,6 +810,31 @@ class PluginRegistry:
                 continue
             reports.append((info, report))
         return reports
+
+    def checkpoint_formats(self) -> list[tuple[PluginInfo, CheckpointFormatEntry]]:
+        """Each plugin's ``switchyard_checkpoint_formats``, called on its own; a plugin that
+        raises or returns anything but :class:`CheckpointFormatEntry` records is recorded in
+        :attr:`failures`."""
+        hook = "switchyard_checkpoint_formats"
+        formats: list[tuple[PluginInfo, CheckpointFormatEntry]] = []
+        for impl in getattr(self.manager.hook, hook).get_hookimpls():
+            info = self.plugin_info(impl.plugin_name)
+            try:
+                entries = list(_as_entries(impl.function()))
+            except (Exception, SystemExit) as error:
+                self._fail(info, hook, error)
+                continue
+            wrong = [e for e in entries if not isinstance(e, CheckpointFormatEntry)]
+            if wrong:
+                self._failure(
+                    info,
+                    hook,
+                    f"{hook} must return CheckpointFormatEntry records, got "
+                    f"{type(wrong[0]).__name__}: {_short_repr(wrong[0])}",
+                )
+                continue
+            formats.extend((info, entry) for entry in entries)
+        return formats
 
     def registrations(self, kind: EntryKind) -> list[Registration]:
         """Every entry of ``kind`` registered by a plugin, including conflicting ones."""

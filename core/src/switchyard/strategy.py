@@ -6,7 +6,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -74,6 +74,15 @@ class Strategy(ABC):
     devices: list[torch.device]
     """The devices of this node, one per local process (one in total for single-device)."""
     num_nodes: int = 1
+
+    optimizer_steps_master_copies: ClassVar[bool] = False
+    """Whether the optimizer ``runtime.setup`` returns steps copies of the parameters the
+    strategy keeps itself (ZeRO's flat float32 master partitions) and then writes them back
+    into the module's parameters, rather than stepping the module's parameters. Default
+    ``False``: in ``32-true`` the user's optimizer holds exactly the set-up module's
+    parameters, which the conformance kit checks; a strategy declaring ``True`` is checked
+    instead for what must still hold: no optimizer holds parameters the module no longer
+    computes with, and every parameter of the module changes when the optimizer steps."""
 
     def bind(
         self,

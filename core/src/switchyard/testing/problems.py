@@ -20,6 +20,11 @@ PARITY_ATOL = 1e-5
 The two are equal in exact arithmetic (averaging the gradients of equal shards of a mean loss
 gives the gradient of the whole batch); what is left is float32 summation order."""
 
+SYNC_LEARNING_RATE = 1.0
+"""The SGD learning rate of the ``no_backward_sync`` check's one step: a parameter's change in
+that step is its gradient, which a strategy that keeps gradients to itself (ZeRO 2 and 3 free
+``param.grad``) shows only that way."""
+
 GRADIENT_RTOL = 1e-5
 GRADIENT_ATOL = 1e-6
 """Tolerance for gradients of the ``no_backward_sync`` check (one backward, tiny model)."""

@@ -139,11 +139,19 @@ def check_training(runtime: Runtime, out: Path) -> dict[str, Any]:
     optimizer = torch.optim.SGD(originals, lr=problems.LEARNING_RATE)
     wrapped, wrapped_optimizer = runtime.setup(model, optimizer)
     parameters = optimizer_record(names, wrapped, wrapped_optimizer, optimizer)
+    parameters["master_copies"] = type(runtime.strategy).optimizer_steps_master_copies
     x, y = problems.regression_batch(runtime.world_size)
     x = problems.shard(x, runtime.global_rank).to(runtime.device)
     y = problems.shard(y, runtime.global_rank).to(runtime.device)
+    before = flatten_state(runtime.strategy.module_state_dict(wrapped.module))
     losses = [_step(runtime, wrapped, wrapped_optimizer, x, y) for _ in range(problems.STEPS)]
     state = flatten_state(runtime.strategy.module_state_dict(wrapped.module))
+    # what the steps left as it was: an optimizer stepping tensors the module does not read
+    parameters["unchanged"] = sorted(
+        key
+        for key, value in before.items()
+        if key in state and key in names.values() and torch.equal(value, state[key])
+    )
     del originals
     return {"losses": losses, "state": state, "optimizer": parameters}
 
@@ -160,13 +168,31 @@ def check_no_backward_sync(runtime: Runtime, out: Path) -> dict[str, Any]:
     reference = copy.deepcopy(model)
     x = problems.sync_input(runtime.global_rank)
     reference(x).sum().backward()
-    wrapped = runtime.setup(model)
+    # with an optimizer, as engines that own it (ZeRO) need; its one step shows the gradients
+    # a strategy keeps to itself
+    lr = problems.SYNC_LEARNING_RATE
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    wrapped, wrapped_optimizer = runtime.setup(model, optimizer)
     x = x.to(runtime.device)
     with runtime.no_backward_sync(wrapped):
         runtime.backward(wrapped(x).sum(), model=wrapped)
     inside = _gradients(wrapped.module)
     runtime.backward(wrapped(x).sum(), model=wrapped)
-    return {"local": _gradients(reference), "inside": inside, "after": _gradients(wrapped.module)}
+    after = _gradients(wrapped.module)
+    before = flatten_state(runtime.strategy.module_state_dict(wrapped.module))
+    wrapped_optimizer.step()
+    stepped = flatten_state(runtime.strategy.module_state_dict(wrapped.module))
+    step_gradients = {
+        name: (before[name].double() - stepped[name].double()) / lr
+        for name in after
+        if name in before and name in stepped
+    }
+    return {
+        "local": _gradients(reference),
+        "inside": inside,
+        "after": after,
+        "step_gradients": step_gradients,
+    }
 
 
 def check_checkpoint(runtime: Runtime, out: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from switchyard import StrategyEntry, hookimpl
+from switchyard.entries import CheckpointFormatEntry
 
 _FACTORY = "switchyard_deepspeed.strategy:DeepSpeedStrategy"
 
@@ -71,3 +72,14 @@ def switchyard_strategies() -> Iterator[StrategyEntry]:
             distributed=True,
             sharded=sharded,
         )
+
+
+@hookimpl
+def switchyard_checkpoint_formats() -> CheckpointFormatEntry:
+    # checkpoint.META_FILENAME, spelled out: discovery imports this module only
+    return CheckpointFormatEntry(
+        name="deepspeed",
+        marker="switchyard-deepspeed.json",
+        load_full="switchyard_deepspeed.checkpoint:load_full",
+        requires=("deepspeed",),
+    )

@@ -8,7 +8,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -57,8 +57,10 @@ class DeepSpeedStrategy(ParallelStrategy):
     call ``optimizer.step()`` only every N micro-batches, with the others' backward inside
     ``runtime.no_backward_sync(model)``. Under ZeRO 0 and 1 that skips the gradient all-reduce
     (``engine.no_sync()``); ZeRO 2 and 3 reduce-scatter gradients into their shards in every
-    backward (DeepSpeed cannot defer it), so the context changes nothing there and the
-    accumulated result is the same.
+    backward (DeepSpeed cannot defer it), so no communication is saved there: the context
+    marks the backwards inside as not ending an accumulation
+    (``engine.set_gradient_accumulation_boundary(False)``), so that the shards add them up
+    rather than keep only the last.
 
     Gradient clipping is the engine's (``gradient_clipping=``, applied in ``optimizer.step()``):
     ``runtime.clip_gradients`` is refused with that advice.
@@ -98,6 +100,11 @@ class DeepSpeedStrategy(ParallelStrategy):
             :func:`switchyard_deepspeed.extensions.default_directory`, unless
             ``TORCH_EXTENSIONS_DIR`` is set.
     """
+
+    optimizer_steps_master_copies: ClassVar[bool] = True
+    """ZeRO's optimizer steps flat float32 master partitions and copies them back into the
+    module's parameters (a stage-0 engine steps the parameters themselves, but this declares
+    what the strategy may do)."""
 
     def __init__(
         self,
@@ -350,8 +357,7 @@ class DeepSpeedStrategy(ParallelStrategy):
             return contextlib.nullcontext()
         engine = self.engine(module)
         if engine.zero_optimization_partition_gradients():
-            # ZeRO 2/3 reduce-scatter in every backward; the shards accumulate the same sums
-            return contextlib.nullcontext()
+            return _accumulating(engine)
         return engine.no_sync()
 
     def clip_gradients_norm(
@@ -481,6 +487,22 @@ class DeepSpeedStrategy(ParallelStrategy):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(stage={self.stage!r}, start_method={self.start_method!r})"
+
+
+@contextlib.contextmanager
+def _accumulating(engine: DeepSpeedEngine) -> Iterator[None]:
+    """ZeRO 2 and 3 reduce-scatter gradients in every backward, which DeepSpeed cannot defer.
+    Without ``gradient_accumulation_steps`` every backward ends an accumulation, and the
+    shards of the next one replace, rather than add to, those of the backwards before it: the
+    backwards inside are marked as not ending one."""
+    saved = engine._is_gradient_accumulation_boundary
+    engine.set_gradient_accumulation_boundary(False)
+    try:
+        yield
+    finally:
+        # None is the engine's own counting (gradient_accumulation_steps); the optimizer takes
+        # the engine's value at the start of every backward
+        engine._is_gradient_accumulation_boundary = saved
 
 
 def _clipping_refused(given: str) -> SelectionError:

@@ -231,13 +231,26 @@ def test_optimizer_steps_the_module_parameters(
     """After ``runtime.setup(model, optimizer)`` with an optimizer created before it, the
     optimizer holds none of the parameters the module held before setup that the set-up module
     no longer holds; where setup hands back the user's own optimizer and the parameters are
-    float32 (``32-true``), it holds exactly the set-up module's parameters."""
+    float32 (``32-true``), it holds exactly the set-up module's parameters. A strategy that
+    declares :attr:`~switchyard.strategy.Strategy.optimizer_steps_master_copies` (its optimizer
+    steps copies it writes back, as ZeRO does) is held instead to every parameter of the module
+    having changed after the training steps."""
     observed = job.check("training")
-    exact = switchyard_kit.strategy_precision == "32-true"
+    master_copies = any(data["optimizer"].get("master_copies") for data in observed.values())
+    exact = switchyard_kit.strategy_precision == "32-true" and not master_copies
     record_property("optimizer", {rank: data["optimizer"] for rank, data in observed.items()})
     record_property("identity_required_for_the_users_optimizer", exact)
+    record_property("optimizer_steps_master_copies", master_copies)
     for rank, data in observed.items():
         found = data["optimizer"]
+        if master_copies and found["unchanged"]:
+            fail(
+                f"{job.name}: on rank {rank}, {problems.STEPS} optimizer steps left "
+                f"{len(found['unchanged'])} parameter(s) of the set-up module as they were "
+                f"({', '.join(found['unchanged'][:6])}). The strategy declares "
+                "optimizer_steps_master_copies: its optimizer steps copies of the parameters, "
+                "which it must write back into the module's parameters after each step"
+            )
         if found["stale"]:
             fail(
                 f"{job.name}: on rank {rank} the optimizer created before runtime.setup still "
@@ -366,7 +379,9 @@ def test_no_backward_sync(job: StrategyJob, record_property: Any) -> None:
     keeps accumulated gradients internally until the next synchronised backward, as sharded
     ones do, exposes none there, which is accepted); the next backward outside it leaves every
     rank the average over ranks of the accumulated gradients (tolerance
-    ``GRADIENT_RTOL``/``GRADIENT_ATOL``)."""
+    ``GRADIENT_RTOL``/``GRADIENT_ATOL``). Where a strategy exposes no ``param.grad`` after that
+    backward either (ZeRO 2 and 3 keep gradient shards to themselves), the gradient is read from
+    what one SGD step of ``SYNC_LEARNING_RATE`` then changes in the module's parameters."""
     observed = job.check("no_backward_sync")
     rtol, atol = problems.GRADIENT_RTOL, problems.GRADIENT_ATOL
     record_property("tolerance", {"rtol": rtol, "atol": atol})
@@ -390,12 +405,17 @@ def test_no_backward_sync(job: StrategyJob, record_property: Any) -> None:
                         f"{job.name}: inside no_backward_sync rank {rank} must keep its own "
                         f"local gradient, but it was changed (synchronised?): {problem}"
                     )
+            what = f"gradient of {name!r}"
+            if after is None:
+                after = data["step_gradients"].get(name)
+                what = f"gradient of {name!r} (read from the optimizer step)"
             if after is None:
                 fail(
                     f"{job.name}: parameter {name!r} has no gradient on rank {rank} after a "
-                    "synchronised runtime.backward()"
+                    "synchronised runtime.backward(), and the optimizer step that followed did "
+                    "not show one (module_state_dict() holds no such parameter there)"
                 )
-            problem = close_difference(f"gradient of {name!r}", after, accumulated, rtol, atol)
+            problem = close_difference(what, after, accumulated, rtol, atol)
             if problem is not None:
                 fail(
                     f"{job.name}: after a synchronised backward following one inside "
