@@ -23,9 +23,10 @@ A plugin folder can shape its extra with a ``[tool.switchyard]`` table in its ow
 * ``extra-requires``: what the extra installs beside the plugin, typically the engine, e.g.
   ``["deepspeed"]``;
 * ``in-all = false``: leave the extra out of ``[all]``. ``[all]`` is every extra whose engine
-  installs beside the default torch from PyPI. torch-xla and intel-extension-for-pytorch each pin
-  a torch release of their own, so the ``xla`` and ``xpu`` plugins, once written, set
-  ``in-all = false``: ``pip install 'switchyard[all]'`` must resolve.
+  installs beside the default torch from PyPI without a build. torch-xla and
+  intel-extension-for-pytorch each pin a torch release of their own, and DeepSpeed is an sdist
+  whose build imports torch, so the ``xla``, ``xpu`` and ``deepspeed`` plugins set
+  ``in-all = false``: ``pip install 'switchyard[all]'`` must resolve, quickly.
 """
 
 from __future__ import annotations

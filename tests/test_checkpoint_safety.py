@@ -58,7 +58,18 @@ def _load_strategies() -> types.ModuleType:
     return module
 
 
-STRATEGIES: dict[str, dict[str, Any]] = _load_strategies().STRATEGIES
+_strategies = _load_strategies()
+STRATEGIES: dict[str, dict[str, Any]] = {
+    name: spec for name, spec in _strategies.STRATEGIES.items() if not name.startswith("deepspeed")
+}
+"""The strategies of the cross-loading suite (the module's fixture: every strategy loads every
+strategy's checkpoints)."""
+
+DEEPSPEED = [name for name in _strategies.STRATEGIES if name.startswith("deepspeed")]
+"""DeepSpeed's strategies, each a job of its own (checkpoint_scripts/deepspeed_job.py) in the
+environment of scripts/test-deepspeed: their engines load only DeepSpeed's own format (another
+strategy's optimizer state is refused by design, docs/deepspeed.md), so they stay out of the
+cross-loading."""
 
 
 def _job_command(strategy: str, *args: str) -> list[str]:
@@ -224,6 +235,19 @@ class Crafter:
             else:
                 self.unknown.append(file)
 
+    def craft_deepspeed(self, source: Path, keys: tuple[str, ...]) -> None:
+        """Every file of a DeepSpeed checkpoint directory, its engine folders' included."""
+        for file in sorted(p for p in source.rglob("*") if p.is_file()):
+            if file.name in ("zero_to_torch.py", "zero_to_fp32.py"):
+                continue  # DeepSpeed's consolidation script, for the user: no load reads it
+            if file.suffix == ".json":
+                # what is where: no pickle, so no payload to hold; corrupt it
+                self._corrupt_variants(source, file, keys)
+            elif file.read_bytes()[:2] == b"PK":
+                self._torch_file(source, file, keys, legacy_too=True)
+            else:
+                self.unknown.append(file)
+
     # each rule ---------------------------------------------------------------------------------
 
     def _copy(self, source: Path, file: Path, variant: str) -> tuple[Path, Path, str]:
@@ -233,7 +257,7 @@ class Crafter:
         copy = folder / source.name
         if source.is_dir():
             shutil.copytree(source, copy)
-            return copy, copy / file.name, label
+            return copy, copy / file.relative_to(source), label
         shutil.copy2(source, copy)
         return copy, copy, label
 
@@ -854,3 +878,136 @@ def test_a_live_replace_is_not_recovered_by_another_process(tmp_path: Path) -> N
         holder.wait()
     assert checkpoint.resolve(path) == path
     assert path.is_dir()
+
+
+# -- DeepSpeed ------------------------------------------------------------------------------------
+
+
+def _check_json_refusal(case: Case, result: dict[str, Any]) -> None:
+    """What the plugin answers a corrupt switchyard-deepspeed.json with: a CheckpointError
+    naming the file as corrupt, no payload run."""
+    assert not result["ok"], f"{case.name}: the crafted checkpoint loaded"
+    assert result["type"] == "CheckpointError", f"{case.name}: {result['message']}"
+    assert str(case.file) in result["message"], result["message"]
+    assert "corrupt" in result["message"], result["message"]
+    assert "weights_only=False" not in result["message"], result["message"]
+    assert not result.get("marker")
+
+
+def _deepspeed_job(strategy: str, out: Path, *args: str) -> None:
+    """One DeepSpeed job, not capped by :data:`JOB_MEMORY_LIMIT`: its engine's set-up fails
+    under an address-space limit (even 16 GiB: its 2 GB buffers come on top of DeepSpeed's own
+    mappings). The memo bomb is still safe there: the plugin scans every file with core's
+    ``inspect_pickle``, which unpickles nothing, before DeepSpeed reads it."""
+    nproc = str(_strategies.STRATEGIES[strategy]["devices"])
+    script = str(SCRIPTS / "deepspeed_job.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", nproc]
+    command += ["--standalone", script, strategy, str(out), *args]
+    finished = run(
+        command,
+        timeout=JOB_TIMEOUT,
+        log=out / f"{strategy}-{args[0]}.log",
+        env=child_environment({"OMP_NUM_THREADS": "1"}),
+        cwd=SCRIPTS,
+    )
+    assert finished.returncode == 0, f"{finished.describe()}:\n{finished.tail(60)}"
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        pytest.param(
+            name, marks=[pytest.mark.skip(why)] if (why := _strategies.missing(name)) else []
+        )
+        for name in DEEPSPEED
+    ],
+)
+def test_every_deepspeed_checkpoint_file_crafted_runs_no_payload_and_is_named(
+    strategy: str, tmp_path: Path
+) -> None:
+    """Every file of a real DeepSpeed checkpoint (engine0/'s mp_rank_*_model_states.pt and
+    zero_pp_rank_*_states.pt, switchyard's state.pt and switchyard-deepspeed.json), crafted into
+    a payload (zip and legacy torch files) or corrupted, is refused by ``runtime.load`` on every
+    process with the same CheckpointError naming the file, and by ``checkpoint.load`` and
+    ``checkpoint.consolidate`` in this process; no payload runs, while each does when a
+    throwaway process unpickles it the unsafe way (the positive control)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    _deepspeed_job(strategy, out, "generate")
+    source = out / strategy / "ckpt"
+    files = sorted(str(p.relative_to(source)) for p in source.rglob("*") if p.is_file())
+    engine_files = [f for f in files if f.startswith("engine0/")]
+    assert "state.pt" in files, files
+    assert "switchyard-deepspeed.json" in files, files
+    assert any(f.endswith("_optim_states.pt") for f in engine_files), files
+    assert any(f.endswith("_model_states.pt") for f in engine_files), files
+
+    crafter = Crafter(tmp_path / "crafted")
+    crafter.craft_deepspeed(source, ("model", "optimizer"))
+    assert crafter.unknown == [], f"no crafting rule for {crafter.unknown}"
+    crafted_files = {str(c.file.relative_to(c.path)) for c in crafter.cases}
+    assert crafted_files == set(files) - {"zero_to_torch.py", "zero_to_fp32.py"}
+    cases = [
+        {"name": c.name, "path": str(c.path), "marker": str(c.marker or ""), "keys": c.keys}
+        for c in crafter.cases
+    ]
+    control = crafter.root / "control"
+    control.mkdir()
+    payloads = [c for c in crafter.cases if c.kind == "payload"]
+    unsafe = [{"file": str(c.file), "unsafe": c.unsafe} for c in payloads]
+    (out / "cases.json").write_text(json.dumps(cases))
+    (out / "control.json").write_text(json.dumps({"markers": str(control), "cases": unsafe}))
+    _deepspeed_job(strategy, out, "load", str(out / "cases.json"), str(out / "control.json"))
+
+    ranks = [
+        json.loads((out / f"{strategy}-load.{r}.json").read_text())
+        for r in range(_strategies.STRATEGIES[strategy]["devices"])
+    ]
+    for case in crafter.cases:
+        check = _check_json_refusal if case.file.suffix == ".json" else _check_refusal
+        for rank, results in enumerate(ranks):
+            check(case, results[case.name])
+            assert results[case.name]["message"] == ranks[0][case.name]["message"], rank
+        with pytest.raises(CheckpointError) as info:
+            checkpoint.load(case.path)
+        check(case, {"ok": False, "type": "CheckpointError", "message": str(info.value)})
+        destination = tmp_path / f"{case.name}.pt"
+        with pytest.raises(CheckpointError) as info:
+            checkpoint.consolidate(case.path, destination)
+        check(case, {"ok": False, "type": "CheckpointError", "message": str(info.value)})
+        assert not destination.exists()
+    _no_markers(crafter)
+    assert sorted(p.name for p in control.iterdir()) == sorted(c.name for c in payloads)
+    figures = {
+        "strategy": strategy,
+        "files": files,
+        "crafted": len(crafter.cases),
+        "payloads": len(payloads),
+        "payloads_run_by_loads": 0,
+        "payloads_run_by_the_control": len(payloads),
+    }
+    print(f"crafted deepspeed checkpoints: {json.dumps(figures)}")
+
+
+@pytest.mark.skipif(
+    not DEEPSPEED or _strategies.missing(DEEPSPEED[0]) is not None,
+    reason="needs deepspeed: scripts/test-deepspeed",
+)
+@pytest.mark.parametrize("variant", ["truncated", "not-utf-8"])
+def test_a_corrupt_deepspeed_json_is_named_as_corrupt(tmp_path: Path, variant: str) -> None:
+    """The metadata file of a DeepSpeed checkpoint (a hand-made one: nothing but the
+    metadata is read before the refusal) corrupted: refused naming the file as corrupt, as
+    _check_refusal asks of every checkpoint file."""
+    path = tmp_path / "ckpt"
+    path.mkdir()
+    meta = path / "switchyard-deepspeed.json"
+    if variant == "truncated":
+        meta.write_text('{"format": "switchyard-deepspeed", "engi')
+    else:
+        meta.write_bytes(b"\xfa\x00" + os.urandom(32))
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load(path)
+    message = str(info.value)
+    assert str(meta) in message, message
+    assert "corrupt" in message or "truncated" in message, message

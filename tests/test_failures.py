@@ -15,6 +15,7 @@ DDP); ``SWITCHYARD_STRESS=1`` runs every strategy and every way of launching,
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -83,8 +84,24 @@ CI_CASES = {
     ("ddp", "launcher-sigkill", "python script.py"),
     ("ddp", "launcher-sigkill", "switchyard run"),
     ("ddp_spawn", "launcher-sigkill", "python script.py"),
+    ("deepspeed_stage_3", "raise", "python script.py"),
+    ("deepspeed_stage_3", "sigkill", "python script.py"),
+    ("deepspeed_stage_3", "stall", "python script.py"),
+    ("deepspeed_stage_3", "launcher-sigkill", "python script.py"),
 }
-"""What CI runs (about 60 s on 2 cores); everything else under SWITCHYARD_STRESS=1."""
+"""What CI runs (about 60 s on 2 cores, the DeepSpeed cases in scripts/test-deepspeed);
+everything else under SWITCHYARD_STRESS=1."""
+
+HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
+NEEDS_DEEPSPEED = pytest.mark.skip("needs deepspeed: scripts/test-deepspeed")
+"""The DeepSpeed plugin registers its strategies everywhere; DeepSpeed itself is only in the
+environment of scripts/test-deepspeed."""
+
+
+def _marks(strategy: str, chosen: bool) -> list[pytest.MarkDecorator]:
+    if strategy.startswith("deepspeed") and not HAS_DEEPSPEED:
+        return [NEEDS_DEEPSPEED]
+    return [] if chosen or STRESS else [pytest.mark.skip("SWITCHYARD_STRESS=1")]
 
 
 def cases() -> Iterator[object]:
@@ -94,8 +111,7 @@ def cases() -> Iterator[object]:
                 if how == "switchyard run" and start_method != "popen":
                     continue  # the script starts its own processes: switchyard run execs it
                 for trial in range(TRIALS):
-                    chosen = (strategy, scenario, how) in CI_CASES
-                    marks = [] if chosen or STRESS else [pytest.mark.skip("SWITCHYARD_STRESS=1")]
+                    marks = _marks(strategy, (strategy, scenario, how) in CI_CASES)
                     yield pytest.param(
                         strategy,
                         scenario,
@@ -293,7 +309,7 @@ def restart_strategies() -> list[object]:
     return [
         pytest.param(
             name,
-            marks=[] if name == "ddp" or STRESS else [pytest.mark.skip("SWITCHYARD_STRESS=1")],
+            marks=_marks(name, name == "ddp"),
         )
         for name, method in STRATEGIES.items()
         if method == "popen"

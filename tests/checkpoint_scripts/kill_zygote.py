@@ -26,6 +26,7 @@ Protocol: one JSON object per line on stdin, one answer per line on stdout.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -36,14 +37,17 @@ import traceback
 from typing import Any
 
 import torch
-from strategies import STRATEGIES, runtime_kwargs
+from strategies import STRATEGIES, missing, runtime_kwargs
 
 from switchyard import Runtime, checkpoint
 from switchyard.registry import default_registry
 
-for _spec in STRATEGIES.values():
-    for _module in _spec["modules"]:
-        importlib.import_module(_module)
+# stdout is the protocol: DeepSpeed's logger, made at its import, writes to stdout (the
+# stderr it is bound to here)
+with contextlib.redirect_stdout(sys.stderr):
+    for _name, _spec in STRATEGIES.items():
+        for _module in () if missing(_name) else _spec["modules"]:
+            importlib.import_module(_module)
 importlib.import_module("switchyard.sharded")
 importlib.import_module("torch._dynamo")  # the first optimizer imports it: 2 s per job otherwise
 default_registry()  # plugin discovery, once, inherited by every job
@@ -63,6 +67,8 @@ def _model() -> Any:
 def _check(runtime: Runtime, model: Any, optimizer: Any) -> list[float]:
     """Sums of the parameters and of the first moments, over the full tensors: stored with each
     checkpoint, recomputed from the loaded one, they prove that it is one consistent save."""
+    if type(runtime.strategy).__module__.startswith("switchyard_deepspeed"):
+        return _deepspeed_check(model)
     from torch.distributed.tensor import DTensor
 
     def full(t: Any) -> Any:
@@ -75,6 +81,16 @@ def _check(runtime: Runtime, model: Any, optimizer: Any) -> list[float]:
         if p in optimizer.state
     ]
     return [float(sum(params)), float(sum(moments))]
+
+
+def _deepspeed_check(model: Any) -> list[float]:
+    """The parameters' sum only: ``checkpoint.load`` leaves DeepSpeed's flat optimizer shards
+    out. Under ZeRO-3 each process holds a shard of every parameter: gathered (collectively)."""
+    import deepspeed
+
+    params = list(model.parameters())
+    with deepspeed.zero.GatheredParameters(params):
+        return [float(sum(p.detach().double().sum() for p in params))]
 
 
 def _inject(point: str) -> None:

@@ -9,12 +9,24 @@ format cannot slip through untested.
 Each entry: ``devices`` (processes of the job, on the CPU accelerator), ``directory`` (its
 checkpoints are directories, replaced by two renames), ``kills`` (SIGKILL trials ``(in CI, under
 SWITCHYARD_STRESS=1)``), ``modules`` (imported by the kill suite's parent process before it forks
-jobs, so that a forked job starts at once) and ``kwargs`` for ``Runtime``.
+jobs, so that a forked job starts at once; the first is the package the strategy needs, which
+:func:`missing` looks for) and ``kwargs`` for ``Runtime``.
+
+The DeepSpeed strategies need DeepSpeed, which only the environment of scripts/test-deepspeed
+holds: elsewhere their cases skip. DeepSpeed's own optimizer state is flat shards that
+``switchyard.checkpoint.load`` leaves out, so the kill suite checks its parameters only.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
+
+_DEEPSPEED_MODULES = (
+    "deepspeed",
+    "switchyard_deepspeed.strategy",
+    "switchyard_deepspeed.checkpoint",
+)
 
 STRATEGIES: dict[str, dict[str, Any]] = {
     "single_device": {
@@ -42,6 +54,27 @@ STRATEGIES: dict[str, dict[str, Any]] = {
         ),
         "kwargs": {},
     },
+    "deepspeed_stage_1": {
+        "devices": 2,
+        "directory": True,
+        "kills": (2, 20),
+        "modules": _DEEPSPEED_MODULES,
+        "kwargs": {},
+    },
+    "deepspeed_stage_2": {
+        "devices": 2,
+        "directory": True,
+        "kills": (2, 20),
+        "modules": _DEEPSPEED_MODULES,
+        "kwargs": {},
+    },
+    "deepspeed_stage_3": {
+        "devices": 2,
+        "directory": True,
+        "kills": (5, 30),
+        "modules": _DEEPSPEED_MODULES,
+        "kwargs": {},
+    },
 }
 
 
@@ -49,3 +82,13 @@ def runtime_kwargs(name: str) -> dict[str, Any]:
     """``Runtime(**runtime_kwargs(name))`` for the strategy ``name`` on the CPU."""
     spec = STRATEGIES[name]
     return {"accelerator": "cpu", "strategy": name, "devices": spec["devices"], **spec["kwargs"]}
+
+
+def missing(name: str) -> str | None:
+    """Why the strategy ``name`` cannot run in this environment (a skip reason), or None."""
+    modules = STRATEGIES[name]["modules"]
+    if not modules or importlib.util.find_spec(modules[0].split(".")[0]) is not None:
+        return None
+    if name.startswith("deepspeed"):
+        return "needs deepspeed: scripts/test-deepspeed"
+    return f"needs {modules[0].split('.')[0]}"

@@ -138,10 +138,14 @@ def read_meta(path: Path) -> dict[str, Any] | None:
     if not path.is_dir() or not file.is_file():
         return None
     try:
-        meta = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        meta = json.loads(file.read_bytes().decode("utf-8"))
+    except OSError as error:
+        raise CheckpointError(f"{str(file)!r} cannot be read: {error}") from error
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        # decoding is inside the same try: a file of garbage is corrupt, not a crash
         raise CheckpointError(
-            f"the DeepSpeed checkpoint {str(path)!r} has an unreadable {META_FILENAME}: {error}"
+            f"{str(file)!r}, the metadata of the DeepSpeed checkpoint {str(path)!r}, is corrupt "
+            f"(truncated, overwritten, or another format): {type(error).__name__}: {error}"
         ) from error
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(
