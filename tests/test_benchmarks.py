@@ -1,0 +1,202 @@
+"""The benchmarks' command and its statistics (benchmarks/): no timing is asserted on, only that
+the figures are computed right and that a run produces a complete, readable record.
+
+The Fabric and Accelerate environments are not built here (minutes, and network); their scenario
+code runs only under ``python -m benchmarks run``."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the benchmarks are a top-level folder, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import cli, report  # noqa: E402
+from benchmarks.report import BEGIN, END, Run  # noqa: E402
+from benchmarks.results import Comparison  # noqa: E402
+from benchmarks.stats import median_interval, paired_ratios, summarize  # noqa: E402
+
+
+def comparison(**changes: object) -> Comparison:
+    values: dict[str, object] = {
+        "scenario": "step-mlp-32-true",
+        "metric": "step time",
+        "unit": "s",
+        "better": "lower",
+        "program": "switchyard",
+        "baseline": "raw",
+        "program_values": (1.0e-3, 1.1e-3, 1.05e-3),
+        "baseline_values": (1.0e-3, 1.0e-3, 1.0e-3),
+        "ratios": tuple(1.0 + i / 1000 for i in range(30)),
+        "aa_ratios": (0.99, 1.0, 1.01),
+        "target": 1.01,
+        "notes": "synthetic",
+        "extra": {"added µs per step": 12.5},
+    }
+    values.update(changes)
+    return Comparison(**values)  # type: ignore[arg-type]
+
+
+def test_summarize_gives_inclusive_quartiles_and_range() -> None:
+    s = summarize([4.0, 1.0, 3.0, 2.0, 5.0])
+    assert (s.n, s.median, s.q1, s.q3, s.min, s.max) == (5, 3.0, 2.0, 4.0, 1.0, 5.0)
+    assert summarize([7.0]).median == 7.0
+    with pytest.raises(ValueError, match="at least one value"):
+        summarize([])
+
+
+def test_median_interval_holds_the_coverage_it_claims() -> None:
+    low, high, coverage = median_interval(range(30))
+    # order statistics 10 and 21 of 30 (1-based): binomial coverage 95.7%
+    assert (low, high) == (9, 20)
+    assert coverage == pytest.approx(0.9572, abs=1e-4)
+    # too few values for 95%: the whole range, with what it does cover
+    assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0, 0.75)
+    assert median_interval([5.0]) == (5.0, 5.0, 0.0)
+    for n in (6, 10, 17, 40):
+        _, _, c = median_interval([float(i) for i in range(n)])
+        exact = 1 - 2 * sum(math.comb(n, i) for i in range(1)) / 2**n
+        assert c >= 0.95 or c == pytest.approx(exact)
+    with pytest.raises(ValueError, match="confidence"):
+        median_interval([1.0, 2.0], confidence=1.5)
+
+
+def test_paired_ratios_pair_by_position_and_reject_mismatches() -> None:
+    assert paired_ratios([2.0, 3.0], [1.0, 2.0]) == [2.0, 1.5]
+    with pytest.raises(ValueError, match="as many"):
+        paired_ratios([1.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="zero"):
+        paired_ratios([1.0], [0.0])
+
+
+def test_comparison_round_trips_through_json() -> None:
+    c = comparison(difference_target=0.03)
+    again = Comparison.from_json(json.loads(json.dumps(c.to_json())))
+    assert again == c
+    with pytest.raises(ValueError, match="unknown comparison fields"):
+        Comparison.from_json({**c.to_json(), "speed": 1})
+
+
+def test_verdicts_read_the_interval_against_the_target() -> None:
+    tight_low = tuple(1.0 + i / 10_000 for i in range(30))  # all within 1.0-1.003
+    assert comparison(ratios=tight_low).verdict() == "met"
+    assert comparison(ratios=tuple(r + 0.1 for r in tight_low)).verdict() == "not met"
+    assert comparison(ratios=tuple(0.995 + i / 1000 for i in range(30))).verdict() == "not resolved"
+    assert comparison(target=None).verdict() == "no target"
+    # three values hold the median with 75% only: no verdict at 95%
+    assert comparison(ratios=(1.0, 1.0, 1.0)).verdict() == "not resolved"
+    higher = comparison(better="higher", target=0.99, ratios=tight_low)
+    assert higher.verdict() == "met"
+    with pytest.raises(ValueError, match="better"):
+        comparison(better="faster")
+
+
+def synthetic_run() -> Run:
+    return Run(
+        command=["python", "-m", "benchmarks", "run", "--quick"],
+        date="2026-12-02T00:00:00+00:00",
+        quick=True,
+        machine={"processor": "test CPU", "cpu_count": 2, "memory_gib": 24, "platform": "Linux"},
+        environments={"switchyard": {"python": "3.11.7", "torch": "2.13.0+cpu"}},
+        load_before=[0.5, 0.5, 0.5],
+        load_after=[0.6, 0.5, 0.5],
+        duration_s=1.0,
+        comparisons=[comparison(), comparison(program="fabric", target=None, aa_ratios=())],
+        errors=[{"scenario": "ddp-throughput", "error": "RuntimeError: synthetic"}],
+    )
+
+
+def test_report_renders_a_table_between_the_markers(tmp_path: Path) -> None:
+    path = tmp_path / "run.json"
+    synthetic_run().write(path)
+    document = tmp_path / "benchmarks.md"
+    document.write_text(f"# Benchmarks\n\nkept\n\n{BEGIN}\nold\n{END}\n\n## History\n")
+    report.render([Run.read(path)], document, plot_dir=None)
+    text = document.read_text()
+    assert "kept" in text
+    assert "## History" in text
+    assert "old" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| step-mlp-32-true"))
+    assert "| switchyard | raw |" in row
+    assert "<= 1.01" in row
+    assert "not resolved" in row
+    assert "added µs per step 12.5" in row
+    assert "ddp-throughput failed" in text
+    assert "test CPU" in text
+    report.render([Run.read(path)], document, plot_dir=None)  # idempotent: one generated part
+    assert document.read_text().count(BEGIN) == 1
+
+
+def test_report_plots_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="requirements/bench.txt is not installed here")
+    run = synthetic_run()
+    png = report.plot("step-mlp-32-true", run.comparisons, tmp_path / "plot.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_bad_run_file_is_named() -> None:
+    with pytest.raises(ValueError, match="not a benchmark run"):
+        Run.read(ROOT / "pyproject.toml")
+
+
+def run_benchmarks(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def test_list_names_every_scenario() -> None:
+    scenarios, problems = cli.collect()
+    assert "benchmarks.step" not in problems
+    assert "benchmarks.startup" not in problems
+    done = run_benchmarks("list")
+    assert done.returncode == 0, done.stderr
+    names = [line.split()[0] for line in done.stdout.splitlines()]
+    assert names == [s.name for s in scenarios]
+    assert {"startup", "step-mlp-32-true", "step-mlp-no-sync", "calls-32-true"} <= set(names)
+
+
+def test_unknown_scenarios_and_programs_are_named_with_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"warp-speed.*known: .*step-mlp-32-true"):
+        cli.main(["run", "--scenario", "warp-speed", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"\['jax'\]; known: raw,switchyard,fabric"):
+        cli.main(["run", "--scenario", "startup", "--programs", "jax", "--out", str(tmp_path)])
+    assert not (tmp_path / "run.json").exists()
+
+
+@pytest.mark.slow
+def test_a_quick_switchyard_step_run_writes_a_complete_record(tmp_path: Path) -> None:
+    """The bit-identity check inside the worker must pass, or the run records an error."""
+    done = run_benchmarks(
+        "run",
+        "--quick",
+        "--scenario",
+        "step-mlp-32-true",
+        "--programs",
+        "raw,switchyard",
+        "--out",
+        str(tmp_path),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = Run.read(tmp_path / "run.json")
+    assert run.errors == []
+    assert {c.metric for c in run.comparisons} == {"step time", "step time (CPU)"}
+    for c in run.comparisons:
+        assert c.program == "switchyard"
+        assert c.baseline == "raw"
+        assert len(c.ratios) == len(c.aa_ratios) == len(c.program_values) > 0
+        assert all(r > 0 for r in c.ratios)
+        assert "added µs per step" in c.extra
+    assert run.environments["switchyard"]["torch"].startswith("2.13.0")
