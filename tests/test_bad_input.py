@@ -699,7 +699,77 @@ def test_bad_run_flags_are_refused_naming_the_flag(
     assert "Traceback" not in err
 
 
+SCRIPT_CASES = [
+    (["trian.py"], "the script 'trian.py' does not exist", "Did you mean 'train.py'?"),
+    (["data"], "the script 'data' is a directory", "Give the path of a Python file"),
+    (["-m", "no_such_module_xyz"], "no module 'no_such_module_xyz' can be imported", "install"),
+]
+
+
+@pytest.mark.parametrize(
+    ("target", "problem", "advice"), SCRIPT_CASES, ids=["typo", "dir", "module"]
+)
+def test_run_refuses_a_script_that_is_not_there_before_starting_anything(
+    target: list[str],
+    problem: str,
+    advice: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    clean_env: Callable[[dict[str, str]], None],
+    no_launch: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    clean_env({})
+    (tmp_path / "train.py").write_text("print('hello')\n")
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    status = cli.main(["run", "--accelerator", "cpu", "--devices", "2", *target])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("switchyard run: error: "), err
+    assert problem in last, last
+    assert advice in last, last
+
+
+def test_version_names_switchyard_torch_and_python(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.metadata
+    import platform
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out.strip()
+    assert out == (
+        f"switchyard {importlib.metadata.version('switchyard')} (torch {torch.__version__}, "
+        f"Python {platform.python_version()})"
+    )
+
+
 # -- warnings: accepted, but said ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "16-true"])
+def test_float16_on_a_cpu_without_float16_arithmetic_warns(precision: str) -> None:
+    if torch.ops.mkldnn._is_mkldnn_fp16_supported():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", switchyard.SlowPrecisionWarning)
+            Runtime(accelerator="cpu", precision=precision)  # this CPU has it: no warning
+        return
+    with pytest.warns(switchyard.SlowPrecisionWarning) as caught:
+        Runtime(accelerator="cpu", precision=precision)
+    (warning,) = caught.list
+    message = str(warning.message)
+    assert message.startswith(f"precision {precision!r} on 'cpu': this CPU has no float16")
+    assert "Use '32-true', or 'bf16-mixed'" in message
+    assert warning.filename == __file__  # pointed at the Runtime(...) line, not at switchyard
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_precisions_with_hardware_paths_do_not_warn(precision: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", switchyard.SlowPrecisionWarning)
+        Runtime(accelerator="cpu", precision=precision)
 
 
 @pytest.mark.parametrize("how", ["argument", "variable"])

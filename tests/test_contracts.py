@@ -43,10 +43,10 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(32, 8, generator=generator), torch.randn(32, 1, generator=generator)
 
 
-def train(runtime: Runtime, model: Any, optimizer: Any) -> list[float]:
+def train(runtime: Runtime, model: Any, optimizer: Any, steps: int = STEPS) -> list[float]:
     x, y = batch()
     losses = []
-    for _ in range(STEPS):
+    for _ in range(steps):
         loss = nn.functional.mse_loss(model(x), y)
         optimizer.zero_grad()
         runtime.backward(loss)
@@ -162,6 +162,23 @@ def test_engine_without_optimizer_config_returns_the_module_alone() -> None:
     runtime = engine_runtime("32-true")
     wrapped = runtime.setup(make_model())
     assert isinstance(wrapped, nn.Module)
+
+
+def test_engine_built_scheduler_follows_the_optimizer_it_built() -> None:
+    step_lr = {"step_size": 2, "gamma": 0.5}
+    runtime = engine_runtime("32-true", optimizer={"type": "sgd", "lr": 0.1}, step_lr=step_lr)
+    model, optimizer, scheduler = runtime.setup(make_model())
+    assert isinstance(scheduler, torch.optim.lr_scheduler.StepLR)
+    assert scheduler.optimizer is optimizer.optimizer
+    train(runtime, model, optimizer, steps=4)
+    # the engine stepped it in each optimizer.step(): two halvings after four steps
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**2)
+    assert scheduler.get_last_lr() == [pytest.approx(0.025)]
+    # with the user's own optimizer the engine builds no scheduler, and none is returned
+    runtime = engine_runtime("32-true", optimizer={"type": "sgd", "lr": 0.1}, step_lr=step_lr)
+    user_model = make_model()
+    result = runtime.setup(user_model, torch.optim.SGD(user_model.parameters(), lr=0.1))
+    assert len(result) == 2
 
 
 def test_setup_module_refuses_to_drop_engine_built_optimizers() -> None:

@@ -131,6 +131,19 @@ def test_init_module_creates_parameters_in_the_precision_dtype(name):
     assert torch.ones(2).dtype == f32
 
 
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_init_tensor_creates_tensors_in_the_precision_dtype(name):
+    runtime = runtime_for(name)
+    with runtime.init_tensor():
+        created = torch.zeros(2, 3)
+        integers = torch.arange(3)
+    assert created.dtype == EXPECTED[name][0]
+    assert created.device == runtime.device
+    assert integers.dtype == torch.int64  # only floating-point defaults change
+    assert torch.get_default_dtype() == f32
+    assert torch.zeros(2).dtype == f32
+
+
 def test_16_mixed_has_a_grad_scaler_and_bf16_mixed_none():
     runtime = runtime_for("16-mixed")
     runtime.launch()  # binds the precision to the device, which creates the scaler

@@ -653,3 +653,48 @@ def test_teardown_hook_may_omit_the_runtime_parameter():
         warnings.simplefilter("error")
         runtime.teardown()
     assert plugin.called
+
+
+# -- load_raw: a file of one state dict -------------------------------------------------------
+
+
+def test_load_raw_reads_a_plain_state_dict_into_set_up_objects(tmp_path):
+    source = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    source_opt = torch.optim.AdamW(source.parameters(), lr=0.1)
+    source(torch.randn(3, 4)).sum().backward()
+    source_opt.step()
+    torch.save(source.state_dict(), tmp_path / "weights.pt")
+    torch.save(source_opt.state_dict(), tmp_path / "optimizer.pt")
+
+    runtime = cpu_runtime()
+    target = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    model, optimizer = runtime.setup(target, torch.optim.AdamW(target.parameters(), lr=0.1))
+    runtime.load_raw(tmp_path / "weights.pt", model)
+    runtime.load_raw(tmp_path / "optimizer.pt", optimizer)
+    for mine, theirs in zip(model.parameters(), source.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+    assert optimizer.state_dict()["state"][0]["step"] == 1
+    # a module that was never set up loads too
+    plain = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    runtime.load_raw(tmp_path / "weights.pt", plain)
+    assert torch.equal(plain[0].weight, source[0].weight)
+
+
+def test_load_raw_is_strict_unless_told_and_refuses_pickled_code(tmp_path):
+    torch.save({"0.weight": torch.zeros(4, 4)}, tmp_path / "partial.pt")
+    runtime = cpu_runtime()
+    model = runtime.setup(nn.Sequential(nn.Linear(4, 4)))
+    with pytest.raises(RuntimeError, match="Missing key"):
+        runtime.load_raw(tmp_path / "partial.pt", model)
+    runtime.load_raw(tmp_path / "partial.pt", model, strict=False)
+    assert torch.count_nonzero(model.module[0].weight) == 0
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo payload ran > /dev/null",))
+
+    torch.save({"0.weight": Payload()}, tmp_path / "crafted.pt")
+    with pytest.raises(CheckpointError, match="weights_only"):
+        runtime.load_raw(tmp_path / "crafted.pt", model)
+    with pytest.raises(CheckpointError, match=r"does not exist|no checkpoint|not found"):
+        runtime.load_raw(tmp_path / "missing.pt", model)

@@ -5,7 +5,7 @@ This module only re-exports the public API; each name lives in the module named 
 
 # first: a broken installed distribution that makes 'import torch' fail is named there
 from switchyard import _torch_import  # noqa: F401
-from switchyard.accelerator import Accelerator, DevicesArg
+from switchyard.accelerator import Accelerator, DevicesArg, SlowPrecisionWarning
 from switchyard.entries import (
     AcceleratorEntry,
     CheckpointFormatEntry,
@@ -59,6 +59,7 @@ __all__ = [
     "RuntimeOptimizer",
     "SelectionError",
     "SetupResult",
+    "SlowPrecisionWarning",
     "Strategy",
     "StrategyEntry",
     "SwitchyardError",

@@ -135,6 +135,11 @@ def parse_backend(backend: str) -> dict[str, str]:
     return pairs
 
 
+class SlowPrecisionWarning(UserWarning):
+    """The chosen precision runs here, but far slower than ``32-true``
+    (:meth:`Accelerator.precision_warning` says why)."""
+
+
 class Accelerator(ABC):
     """One kind of device (``cpu``, ``cuda``, ``xla``...) and how to use it.
 
@@ -355,6 +360,14 @@ class Accelerator(ABC):
             return None
         if not torch.amp.autocast_mode.is_autocast_available(cls.device_type):
             return f"torch.autocast is not available for device type {cls.device_type!r}"
+        return None
+
+    @classmethod
+    def precision_warning(cls, precision_name: str, dtype: torch.dtype | None) -> str | None:
+        """Why a precision that runs here runs far slower than ``32-true`` (emulated in
+        software, say), or ``None``. ``dtype`` is the precision's compute dtype, or its
+        parameter dtype for the ``-true`` precisions. Selection warns with it
+        (:class:`SlowPrecisionWarning`). Default: ``None``."""
         return None
 
     # -- an instance: one process using its device ----------------------------------------

@@ -13,6 +13,7 @@ import platform
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from switchyard.accelerator import check_devices_limit
@@ -472,6 +473,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         flags["NODE_RANK"] = (args.node_rank, "--node-rank")
         name_origins(error, flags)
         raise
+    check_script(args.script, module=args.module)
     command = (
         ["-m", args.script, *args.script_args] if args.module else [args.script, *args.script_args]
     )
@@ -499,6 +501,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         timeout=timeout,
     )
     return run_torchrun(arguments)
+
+
+def check_script(script: str, *, module: bool) -> None:
+    """Refuse, before any process starts, a script that does not exist or a module that cannot
+    be imported (otherwise every worker fails and torchrun reports each failure)."""
+    from switchyard.errors import ArgumentError
+
+    if module:
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec(script) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise ArgumentError(
+                f"-m {script}: no module {script!r} can be imported here (the current "
+                f"directory, {os.getcwd()!r}, comes first on its path); check the name, or "
+                "install the package that holds it"
+            )
+        return
+    path = Path(script)
+    if path.is_file():
+        return
+    problem = "is a directory" if path.is_dir() else "does not exist"
+    import difflib
+
+    folder = path.parent if str(path.parent) else Path(".")
+    candidates = sorted(p.name for p in folder.glob("*.py")) if folder.is_dir() else []
+    close = difflib.get_close_matches(path.name, candidates, n=3)
+    hint = f" Did you mean {', '.join(repr(str(folder / c)) for c in close)}?" if close else ""
+    raise ArgumentError(
+        f"the script {script!r} {problem} (looked for {str(path.resolve())!r}).{hint} Give the "
+        "path of a Python file, or -m NAME for a module"
+    )
 
 
 def _name_flag(text: str) -> str:
@@ -760,10 +797,31 @@ COMMANDS: list[Callable[[Any], None]] = [
 """Functions that add one sub-command each to the parser."""
 
 
+def version_text() -> str:
+    """``switchyard X (torch Y, Python Z)``, read from the installed metadata (importing torch
+    would take a second)."""
+    import importlib.metadata
+    import platform
+
+    def installed(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    return (
+        f"switchyard {installed('switchyard')} (torch {installed('torch')}, "
+        f"Python {platform.python_version()})"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="switchyard",
         description="Run PyTorch training on any accelerator and strategy through plugins.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=version_text(), help="print the versions and exit"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMANDS:

@@ -11,12 +11,28 @@ from torch import nn
 from torch.optim import Optimizer
 
 
+def overrides(obj: object, base: type, *names: str) -> bool:
+    """Whether ``obj`` uses, for any of ``names``, something other than what ``base`` defines:
+    a subclass of ``base`` redefined it, or it was set on ``obj`` itself.
+
+    The runtime asks it once, at setup, to know which per-step methods of a precision or strategy
+    are the defaults that do nothing and may be skipped. A precision that overrides
+    :attr:`Precision.wraps_backward` or :attr:`Precision.wraps_optimizer_step` (because its
+    override is a no-op in some configurations) calls it with its own class as ``base``, so that a
+    subclass replacing the methods again is still seen.
+    """
+    cls = type(obj)
+    instance = getattr(obj, "__dict__", {})
+    return any(name in instance or getattr(cls, name) is not getattr(base, name) for name in names)
+
+
 class Precision:
     """Full-precision default and base class for precision plugins.
 
     Every method has a no-op default, so a precision overrides only what it changes. The runtime
-    asks :attr:`wraps_forward` once at setup: when it is ``False``, the module wrapper calls the
-    module directly, with no per-step context managers or input conversion.
+    asks :attr:`wraps_forward`, :attr:`wraps_backward` and :attr:`wraps_optimizer_step` once at
+    setup: where one is ``False``, the matching per-step methods are not called at all (the module
+    is called directly, ``loss.backward()`` and ``optimizer.step()`` run as in plain PyTorch).
 
     The lifecycle: :meth:`bind` (once the device is known), :meth:`module_init_context` and
     :meth:`convert_module` (setup), then per step :meth:`forward_context`,
@@ -45,6 +61,21 @@ class Precision:
         """Whether :meth:`forward_context`, :meth:`convert_input` or :meth:`convert_output` do
         anything. ``False`` lets the runtime skip them on every step."""
         return False
+
+    @property
+    def wraps_backward(self) -> bool:
+        """Whether :meth:`pre_backward`, :meth:`backward` or :meth:`post_backward` do more than
+        ``tensor.backward()``; read once the precision is bound. ``False`` lets the runtime call
+        ``tensor.backward()`` directly. Default: whether this precision replaces any of them
+        (see :func:`overrides`)."""
+        return overrides(self, Precision, "pre_backward", "backward", "post_backward")
+
+    @property
+    def wraps_optimizer_step(self) -> bool:
+        """Whether :meth:`optimizer_step` does more than ``optimizer.step()``; read once the
+        precision is bound. ``False`` lets the set-up optimizer step the user's optimizer
+        directly. Default: whether this precision replaces :meth:`optimizer_step`."""
+        return overrides(self, Precision, "optimizer_step")
 
     def set_scaler_factory(self, factory: Callable[[str], torch.amp.GradScaler]) -> None:
         """Build this precision's gradient scaler, if it uses one, as ``factory(device_type)``

@@ -28,7 +28,7 @@ from switchyard.accelerator import Accelerator, DevicesArg
 from switchyard.environment import ClusterEnvironment
 from switchyard.errors import ArgumentError, SelectionError, SwitchyardError
 from switchyard.parameters import ParameterNames
-from switchyard.precision import Precision
+from switchyard.precision import Precision, overrides
 from switchyard.registry import PluginHookError, PluginRegistry, block_hint, default_registry
 from switchyard.selection import Plan, select
 from switchyard.strategy import ReduceOp, Strategy, normalize_reduce_op
@@ -40,6 +40,10 @@ from switchyard.wrappers import (
 )
 
 T = TypeVar("T")
+
+_NO_CONTEXT: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+"""What ``autocast`` and ``no_backward_sync`` return where there is nothing to do: a
+``nullcontext`` keeps no state, so one serves every step (and nested uses)."""
 
 
 @dataclass
@@ -370,16 +374,18 @@ class Runtime:
         Optimizers may be created before this call, from the module's parameters: afterwards
         they step the parameters the module holds on the device, even where moving or sharding
         created new ``Parameter`` objects. With a strategy whose engine builds the optimizers
-        from its own configuration, ``model, optimizer = runtime.setup(model)`` returns them.
+        from its own configuration, ``model, optimizer = runtime.setup(model)`` returns them,
+        followed by the learning-rate schedulers the engine built and steps itself, if any
+        (``model, optimizer, scheduler = runtime.setup(model)``).
         """
-        wrapped, prepared = self._setup(module, optimizers, move_to_device)
+        wrapped, prepared, schedulers = self._setup(module, optimizers, move_to_device)
         if not prepared:
             return wrapped
-        return (wrapped, *prepared)
+        return (wrapped, *prepared, *schedulers)
 
     def _setup(
         self, module: nn.Module, optimizers: Sequence[Optimizer], move_to_device: bool
-    ) -> tuple[RuntimeModule, list[RuntimeOptimizer]]:
+    ) -> tuple[RuntimeModule, list[RuntimeOptimizer], list[Any]]:
         self._ensure_launched()
         _check_not_set_up(module)
         for optimizer in optimizers:
@@ -414,12 +420,19 @@ class Runtime:
         self._parameter_names.append(names)
         wrapped = RuntimeModule(result.module, strategy.precision, original)
         self._modules.append(wrapped)
-        return wrapped, [RuntimeOptimizer(o, strategy) for o in result.optimizers]
+        # schedulers only come with optimizers the engine built: the user's own optimizers
+        # have the user's own schedulers
+        schedulers = (
+            strategy.engine_lr_schedulers(result.module)
+            if result.optimizers and not optimizers
+            else []
+        )
+        return wrapped, [RuntimeOptimizer(o, strategy) for o in result.optimizers], schedulers
 
     def setup_module(self, module: nn.Module, move_to_device: bool = True) -> RuntimeModule:
         """Prepare a module on its own (for instance one that has no optimizer, or whose
         optimizers are set up later with :meth:`setup_optimizers`)."""
-        wrapped, prepared = self._setup(module, (), move_to_device)
+        wrapped, prepared, _ = self._setup(module, (), move_to_device)
         if prepared:
             raise RuntimeError(
                 f"strategy {self.plan.names['strategy']!r} built {len(prepared)} optimizer(s) "
@@ -476,6 +489,12 @@ class Runtime:
         """``tensor.backward()`` the way the strategy and precision need it (gradient scaling,
         engine-specific backward). ``model`` is needed only when several modules were set up
         and the strategy must know which one the loss belongs to."""
+        direct = self.__dict__.get("_direct_backward")
+        if direct is None:
+            direct = self._backward_is_direct()
+        if direct:
+            tensor.backward(*args, **kwargs)
+            return
         module: nn.Module | None
         if isinstance(model, RuntimeModule):
             module = model._inner
@@ -486,6 +505,18 @@ class Runtime:
         else:
             module = None
         self.strategy.backward(tensor, module, *args, **kwargs)
+
+    def _backward_is_direct(self) -> bool:
+        """Whether :meth:`backward` is plain ``tensor.backward()``: neither the strategy nor its
+        precision replaces a step of it. Remembered once the runtime is launched (binding the
+        precision to the device may give it a gradient scaler), so later steps ask nothing."""
+        strategy = self.strategy
+        direct = not (
+            overrides(strategy, Strategy, "backward") or strategy.precision.wraps_backward
+        )
+        if self._launched:
+            self.__dict__["_direct_backward"] = direct
+        return direct
 
     def clip_gradients(
         self,
@@ -516,7 +547,10 @@ class Runtime:
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The forward context of the strategy's precision, for computation outside the set-up
         module's forward (a loss computed on the outputs, say)."""
-        return self.strategy.precision.forward_context()
+        precision = self.strategy.precision
+        if not precision.wraps_forward:
+            return _NO_CONTEXT
+        return precision.forward_context()
 
     def no_backward_sync(
         self, module: nn.Module, enabled: bool = True
@@ -529,8 +563,17 @@ class Runtime:
                 f"{type(module).__name__}"
             )
         if not enabled:
-            return contextlib.nullcontext()
-        return self.strategy.no_backward_sync(module._forward_module, enabled)
+            return _NO_CONTEXT
+        strategy = self.strategy
+        replaced = self.__dict__.get("_strategy_skips_sync")
+        if replaced is None:
+            replaced = self.__dict__["_strategy_skips_sync"] = overrides(
+                strategy, Strategy, "no_backward_sync"
+            )
+        if not replaced:
+            # the default skips nothing: one shared, stateless context rather than a new one
+            return _NO_CONTEXT
+        return strategy.no_backward_sync(module._forward_module, enabled)
 
     @contextlib.contextmanager
     def init_module(self, empty_init: bool | None = None) -> Generator[None, None, None]:
@@ -539,6 +582,14 @@ class Runtime:
         initialization where the strategy can (weights will be loaded from a checkpoint)."""
         self._ensure_launched()
         with self.strategy.module_init_context(empty_init):
+            yield
+
+    @contextlib.contextmanager
+    def init_tensor(self) -> Generator[None, None, None]:
+        """Create tensors directly on the device and in the precision's dtype (``bfloat16``
+        under ``bf16-true``): ``with runtime.init_tensor(): buffer = torch.zeros(8)``."""
+        self._ensure_launched()
+        with self.strategy.tensor_init_context():
             yield
 
     def to_device(self, obj: T) -> T:
@@ -657,6 +708,25 @@ class Runtime:
                 if not isinstance(state[key], (RuntimeModule, RuntimeOptimizer)):
                     state[key] = value
         return remainder
+
+    def load_raw(
+        self,
+        path: str | os.PathLike[str],
+        obj: nn.Module | Optimizer | Any,
+        strict: bool = True,
+        weights_only: bool = True,
+    ) -> None:
+        """Load a file that holds one object's state dict, not a checkpoint of entries
+        (``torch.save(model.state_dict(), path)``, pretrained weights), into a module (set up
+        or not), an optimizer or anything with ``load_state_dict``. Set-up modules load through
+        the strategy, as :meth:`load` does (a sharded module takes the full state dict). Read
+        as safely as :meth:`load`."""
+        path = _checked_path(path, "load_raw")
+        from switchyard import checkpoint
+
+        loaded = checkpoint.load(checkpoint.resolve(Path(path)), weights_only=weights_only)
+        target = _unwrap_state({"object": obj})
+        self.strategy._restore({"object": loaded}, target, strict=strict)
 
 
 def _run_in_process(runtime: Runtime, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -198,6 +198,15 @@ def select(
     )
     with _plugin_code(accel_origin, f"supports_precision({precision_name!r})"):
         _check_precision(precision_reg, precision_name, prec, accel, accel_name)
+        slow = type(accel).precision_warning(precision_name, prec.compute_dtype or prec.param_dtype)
+    if slow:
+        from switchyard.accelerator import SlowPrecisionWarning
+
+        warnings.warn(
+            f"precision {precision_name!r} on {accel_name!r}: {slow}",
+            SlowPrecisionWarning,
+            stacklevel=4,  # the user's Runtime(...) line
+        )
     env.validate_settings(num_devices=len(indices), num_nodes=nodes)
 
     with _plugin_code(accel_origin, "get_device()"):

@@ -172,6 +172,14 @@ class Strategy(ABC):
         stack.enter_context(self.precision.module_init_context())
         return stack
 
+    def tensor_init_context(self) -> contextlib.ExitStack:
+        """A context under which new tensors are created on the device in the precision's
+        parameter dtype (``runtime.init_tensor()``)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.root_device)
+        stack.enter_context(self.precision.module_init_context())
+        return stack
+
     def convert_module(self, module: nn.Module) -> nn.Module:
         """Convert a module's parameters for the precision, at setup, before
         :meth:`module_to_device`. Default: ``self.precision.convert_module(module)``."""
@@ -191,6 +199,14 @@ class Strategy(ABC):
         on its own."""
         module = self.setup_module(module)
         return module, [self.setup_optimizer(optimizer) for optimizer in optimizers]
+
+    def engine_lr_schedulers(self, module: nn.Module) -> list[Any]:
+        """The learning-rate schedulers an engine built from its own configuration for
+        ``module`` (the module :meth:`setup_module_and_optimizers` returned), which it steps
+        itself. ``runtime.setup(model)`` hands them to the user after the optimizers it built
+        (``model, optimizer, scheduler = runtime.setup(model)``); they are never returned when
+        the user passed optimizers. Default: none."""
+        return []
 
     def setup_module(self, module: nn.Module) -> nn.Module:
         """Wrap a module for this strategy (DDP, sharding). The runtime has already moved it to
@@ -227,6 +243,14 @@ class Strategy(ABC):
 
     def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any:
         return self.precision.optimizer_step(optimizer, **kwargs)
+
+    def optimizer_zero_grad(self, optimizer: Optimizer, set_to_none: bool = True) -> None:
+        """``optimizer.zero_grad()`` of an optimizer ``runtime.setup`` returned. Override it
+        where the engine owns the gradients the optimizer's parameters hold (DeepSpeed's
+        offloaded optimizer keeps its gradient buffers on the float32 partitions it steps, and
+        torch's ``zero_grad(set_to_none=True)`` would drop them). Not overridden, the user's
+        optimizer's own ``zero_grad`` runs with no call in between."""
+        optimizer.zero_grad(set_to_none=set_to_none)
 
     def no_backward_sync(
         self, module: nn.Module, enabled: bool

@@ -1,10 +1,18 @@
-"""Run by the tests under torchrun (2 processes): train under one deepspeed strategy and write a
-JSON report of what happened. ``python ds_train.py STRATEGY PRECISION OUT_DIR``.
+"""Run by the tests under torchrun: train under one deepspeed strategy and write a JSON report
+of what happened. ``python ds_train.py STRATEGY PRECISION OUT_DIR [MODE [CHECKPOINT]]``.
 
-Under one Runtime, two engines train the same model on the same data for STEPS steps: one with
-a torch optimizer (AdamW), one with DeepSpeed's CPU Adam (in AdamW mode). Under ZeRO-3 the first
-also saves a checkpoint at SAVE_AT, and a third engine, freshly created, loads it and trains the
-remaining steps.
+Modes:
+
+``train`` (default; 2 processes): under one Runtime, two engines train the same model on the
+same data for STEPS steps: one with a torch optimizer (AdamW), one with DeepSpeed's CPU Adam (in
+AdamW mode). The first saves a checkpoint at SAVE_AT; under ZeRO-3 a third engine, freshly
+created, loads it and trains the remaining steps.
+
+``resume`` (any number of processes): a fresh engine loads CHECKPOINT (saved by ``train``,
+maybe by another number of processes) and trains the steps after SAVE_AT.
+
+``config-optimizer``: the DeepSpeed config defines the optimizer (torch's AdamW) and a WarmupLR
+scheduler; ``runtime.setup(model)`` returns model, optimizer and scheduler.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import torch
 from torch import nn
 
 from switchyard import Runtime
+from switchyard.errors import CheckpointError
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -27,6 +36,7 @@ from ds_common import (  # noqa: E402
     LR,
     SAVE_AT,
     STEPS,
+    WARMUP,
     WEIGHT_DECAY,
     batches,
     make_model,
@@ -59,25 +69,72 @@ def main() -> None:
         # debugging a stuck run: every thread's stack after that many seconds
         faulthandler.dump_traceback_later(float(os.environ["DS_TEST_DUMP_AFTER"]), exit=True)
     strategy, precision, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    mode = sys.argv[4] if len(sys.argv) > 4 else "train"
     from switchyard_deepspeed import DeepSpeedStrategy
 
     stage = int(strategy.split("_")[2])
-    # stage3_param_persistence_threshold=0: every parameter is partitioned, however small
-    config = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}
-    options: dict = {}
-    if strategy.endswith("offload_nvme"):
-        options = {
-            "offload_optimizer": True,
-            "offload_parameters": True,
-            "offload_device": "nvme",
-            "nvme_path": str(out / "nvme"),
+    config: dict = {
+        # every parameter is partitioned under ZeRO-3, however small
+        "zero_optimization": {"stage3_param_persistence_threshold": 0},
+        # the offload variants step torch's AdamW on the CPU too, not only DeepSpeed's CPU Adam
+        "zero_force_ds_cpu_optimizer": False,
+    }
+    if mode == "config-optimizer":
+        config["optimizer"] = {
+            "type": "AdamW",
+            "params": {"lr": LR, "weight_decay": WEIGHT_DECAY, "torch_adam": True},
         }
+        config["scheduler"] = {"type": "WarmupLR", "params": WARMUP}
+    options: dict = {}
+    if "_offload" in strategy:
+        options = {"offload_optimizer": True, "offload_parameters": stage == 3}
+    if strategy.endswith("offload_nvme"):
+        options.update(offload_device="nvme", nvme_path=str(out / "nvme"))
     runtime = Runtime(
         strategy=DeepSpeedStrategy(stage=stage, config=config, **options), precision=precision
     )
     runtime.launch()
     report: dict = {"world_size": runtime.world_size, "stage": runtime.strategy.zero_stage}
+    if mode == "train":
+        train_mode(runtime, strategy, precision, out, report)
+    elif mode == "resume":
+        model, optimizer = fresh_engine(runtime)
+        state = {"model": model, "optimizer": optimizer, "step": -1}
+        runtime.load(Path(sys.argv[5]), state)
+        report["resumed_step"] = state["step"]
+        report["losses_resumed"] = train(runtime, model, optimizer, SAVE_AT, STEPS)
+        report["leftovers"] = sorted(p.name for p in Path(sys.argv[5]).parent.iterdir())
+    elif mode == "config-optimizer":
+        model, optimizer, scheduler = runtime.setup(make_model())
+        report["optimizer_type"] = type(optimizer.optimizer).__name__
+        report["scheduler_type"] = type(scheduler.scheduler).__name__
+        try:
+            scheduler.step()
+        except RuntimeError as error:
+            report["step_refused"] = str(error)
+        lrs, losses = [], []
+        for step in range(STEPS):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            losses += train(runtime, model, optimizer, step, step + 1)
+        report["lrs"] = lrs
+        report["losses"] = losses
+        report["last_lr"] = scheduler.get_last_lr()
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    if runtime.is_global_zero:
+        (out / f"{strategy}-{precision}-{mode}.json").write_text(json.dumps(report))
 
+
+def fresh_engine(runtime):
+    fresh = make_model()
+    for p in fresh.parameters():  # other weights than the checkpoint's
+        nn.init.zeros_(p)
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    return runtime.setup(fresh, fresh_opt)
+
+
+def train_mode(runtime, strategy: str, precision: str, out: Path, report: dict) -> None:
+    stage = runtime.strategy.zero_stage
     torch_model = make_model()
     torch_opt = torch.optim.AdamW(torch_model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     model, optimizer = runtime.setup(torch_model, torch_opt)
@@ -86,7 +143,17 @@ def main() -> None:
     report["param_dtypes"] = sorted({str(p.dtype) for p in engine.module.parameters()})
     master = [t for g in optimizer.param_groups for t in g["params"]]
     report["master_dtypes"] = sorted({str(t.dtype) for t in master})
+    # ZeRO's flat float32 partitions, where offload keeps them (ZeRO-3 offload steps them
+    # outside the torch optimizer's param_groups)
+    partitions = getattr(engine.optimizer, "fp32_partitioned_groups_flat", None) or getattr(
+        engine.optimizer, "single_partition_of_fp32_groups", []
+    )
+    report["master_devices"] = sorted({str(t.device) for t in partitions})
     report["precision_seen_by_runtime"] = type(runtime.precision).__name__
+    report["offload"] = {
+        key: runtime.strategy.config["zero_optimization"].get(key, {}).get("device")
+        for key in ("offload_optimizer", "offload_param")
+    }
     if stage == 3:
         report["partitioned"] = all(
             p.data.numel() == 0 and hasattr(p, "ds_id") for p in engine.module.parameters()
@@ -99,8 +166,10 @@ def main() -> None:
             # what the consolidated export must reproduce in a plain nn.Module
             report["probe_output_at_save"] = model(probe_input()).float().tolist()
 
-    report["losses_torch"] = train(
-        runtime, model, optimizer, 0, STEPS, save=save if stage == 3 else None
+    report["losses_torch"] = train(runtime, model, optimizer, 0, STEPS, save=save)
+    # while the engine lives: DeepSpeed removes its swap files when it ends
+    report["nvme_files"] = sorted(
+        str(p.relative_to(out / "nvme")) for p in (out / "nvme").rglob("*") if p.is_file()
     )
     if precision == "32-true":
         from deepspeed.ops.adam import DeepSpeedCPUAdam
@@ -112,22 +181,22 @@ def main() -> None:
         model2, optimizer2 = runtime.setup(cpu_model, cpu_adam)
         report["losses_cpu_adam"] = train(runtime, model2, optimizer2, 0, STEPS)
 
-    if stage == 3:
-        fresh = make_model()
-        for p in fresh.parameters():  # other weights than the checkpoint's
-            nn.init.zeros_(p)
-        fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-        model3, optimizer3 = runtime.setup(fresh, fresh_opt)
+    if strategy.endswith("offload_nvme"):
+        model3, optimizer3 = fresh_engine(runtime)
+        try:
+            runtime.load(checkpoint, {"model": model3, "optimizer": optimizer3})
+        except CheckpointError as error:
+            report["load_refused"] = str(error)
+    elif stage == 3:
+        model3, optimizer3 = fresh_engine(runtime)
         state = {"model": model3, "optimizer": optimizer3, "step": -1}
         rest = runtime.load(checkpoint, state)
         report["resumed_step"] = state["step"]
         report["load_remainder"] = sorted(rest)
         report["losses_resumed"] = train(runtime, model3, optimizer3, SAVE_AT, STEPS)
-        report["checkpoint_files"] = sorted(
-            str(p.relative_to(checkpoint)) for p in checkpoint.rglob("*") if p.is_file()
-        )
-    if runtime.is_global_zero:
-        (out / f"{strategy}-{precision}.json").write_text(json.dumps(report))
+    report["checkpoint_files"] = sorted(
+        str(p.relative_to(checkpoint)) for p in checkpoint.rglob("*") if p.is_file()
+    )
 
 
 if __name__ == "__main__":

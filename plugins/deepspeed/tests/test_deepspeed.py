@@ -2,11 +2,13 @@
 
 In this process: the entries, the config (conflicts named with both values, precision mapping,
 JSON files) and the refusal of crafted checkpoint files. In real processes (torchrun, 2 CPU
-processes over gloo): ZeRO 1, 2 and 3 with a torch optimizer and with DeepSpeed's CPU Adam
-against a single-process reference, bf16-mixed under ZeRO-2, a ZeRO-3 checkpoint round trip and
-its consolidated export (by the plugin, and by core's ``checkpoint.load`` and ``switchyard
-consolidate`` through ``switchyard_checkpoint_formats``), and core's conformance kit on ZeRO 1, 2
-and 3. Each stage's processes are started once (module-scoped fixtures) and serve every check of
+processes over gloo): ZeRO 1, 2 and 3 and the CPU-offload variants with a torch optimizer and
+with DeepSpeed's CPU Adam against a single-process reference, bf16-mixed under ZeRO-2 (and
+16-mixed, refused where DeepSpeed's CPU accelerator has no float16), an optimizer and scheduler
+from the config returned by ``runtime.setup(model)``, a ZeRO-3 checkpoint round trip, ZeRO-2 and
+ZeRO-3 checkpoints of 2 processes resumed in 1, the consolidated export (by the plugin, and by
+core's ``checkpoint.load`` and ``switchyard consolidate`` through
+``switchyard_checkpoint_formats``), and core's conformance kit on ZeRO 1, 2 and 3. Each stage's processes are started once (module-scoped fixtures) and serve every check of
 that stage.
 
 The real-process tests need DeepSpeed, which the main environment does not hold: run them with
@@ -37,7 +39,14 @@ if importlib.util.find_spec("switchyard_deepspeed") is None:
         allow_module_level=True,
     )
 
-from ds_common import SAVE_AT, STEPS, make_model, probe_input, reference_losses  # noqa: E402
+from ds_common import (  # noqa: E402
+    NVME_WIDTH,
+    SAVE_AT,
+    STEPS,
+    make_model,
+    probe_input,
+    reference_losses,
+)
 
 from switchyard import Runtime, SelectionError  # noqa: E402
 from switchyard.errors import CheckpointError  # noqa: E402
@@ -156,34 +165,39 @@ def test_unmapped_precision_and_bad_config_are_refused(tmp_path):
 # -- in real processes ------------------------------------------------------------------------
 
 
-def _torchrun(out: Path, strategy: str, precision: str) -> dict[str, Any]:
+def _torchrun(
+    out: Path,
+    strategy: str,
+    precision: str,
+    mode: str = "train",
+    *extra: str,
+    processes: int = 2,
+    expect_failure: bool = False,
+) -> dict[str, Any]:
+    variables = {"DS_TEST_WIDTH": str(NVME_WIDTH)} if strategy.endswith("offload_nvme") else {}
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--standalone",
-        str(HERE / "ds_train.py"),
-        strategy,
-        precision,
-        str(out),
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone"),
+        *("--nproc-per-node", str(processes), str(HERE / "ds_train.py")),
+        *(strategy, precision, str(out), mode, *extra),
     ]
     try:
         result = subprocess.run(
             command,
             cwd=HERE,
-            env=child_environment({"OMP_NUM_THREADS": "1"}),
+            env=child_environment({"OMP_NUM_THREADS": "1", **variables}),
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
         )
     except subprocess.TimeoutExpired as error:
         pytest.fail(f"{command} did not finish in {TIMEOUT} s:\n{error.stderr}")
+    if expect_failure:
+        assert result.returncode != 0, f"{command} succeeded"
+        return {"stderr": result.stderr}
     assert result.returncode == 0, (
         f"{command} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     )
-    return json.loads((out / f"{strategy}-{precision}.json").read_text())
+    return json.loads((out / f"{strategy}-{precision}-{mode}.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +239,103 @@ def test_zero_losses_match_a_single_process_reference(runs, reference, stage):
     assert report["losses_cpu_adam"] == pytest.approx(reference, abs=CPU_ADAM_TOLERANCE)
     if stage == 3:
         assert report["partitioned"]  # every parameter was sharded
+
+
+@needs_deepspeed
+@pytest.mark.distributed
+@pytest.mark.slow
+@slow_first_run
+@pytest.mark.parametrize("strategy", ["deepspeed_stage_2_offload", "deepspeed_stage_3_offload"])
+def test_offload_variants_keep_optimizer_state_on_the_cpu_and_match(runs, reference, strategy):
+    _, report = runs(strategy)
+    stage3 = strategy.startswith("deepspeed_stage_3")
+    assert report["offload"] == {
+        "offload_optimizer": "cpu",
+        "offload_param": "cpu" if stage3 else None,
+    }
+    assert report["master_devices"] == ["cpu"]
+    assert report["losses_torch"] == pytest.approx(reference, abs=TORCH_TOLERANCE)
+    assert report["losses_cpu_adam"] == pytest.approx(reference, abs=CPU_ADAM_TOLERANCE)
+    if stage3:
+        assert report["partitioned"]
+        assert report["losses_resumed"] == report["losses_torch"][SAVE_AT:]
+
+
+@needs_deepspeed
+@pytest.mark.distributed
+@pytest.mark.slow
+@slow_first_run
+@pytest.mark.parametrize("stage", [2, 3])
+def test_checkpoint_of_2_processes_resumes_in_1(runs, tmp_path, stage):
+    """ZeRO's shards are cut for 2 processes; one process loads them through DeepSpeed's
+    universal format, converted beside the checkpoint and removed after."""
+    out, report = runs(f"deepspeed_stage_{stage}")
+    resumed = _torchrun(
+        tmp_path,
+        f"deepspeed_stage_{stage}",
+        "32-true",
+        "resume",
+        str(out / "checkpoint"),
+        processes=1,
+    )
+    assert resumed["world_size"] == 1
+    assert resumed["resumed_step"] == SAVE_AT
+    # the same training, one process on the whole batches: float32 summation order only
+    expected = report["losses_torch"][SAVE_AT:]
+    assert resumed["losses_resumed"] == pytest.approx(expected, abs=TORCH_TOLERANCE)
+    # without the optimizer state (Adam's moments, its step) the losses would differ by far more
+    assert not any(name.startswith(".") for name in resumed["leftovers"]), resumed["leftovers"]
+
+
+@needs_deepspeed
+@pytest.mark.distributed
+@pytest.mark.slow
+@slow_first_run
+def test_config_optimizer_and_scheduler_come_back_from_setup(tmp_path):
+    from ds_common import warmup_lrs
+
+    report = _torchrun(tmp_path, "deepspeed_stage_2", "32-true", "config-optimizer")
+    assert report["optimizer_type"] == "AdamW"
+    assert report["scheduler_type"] == "WarmupLR"
+    assert "steps this WarmupLR itself" in report["step_refused"]
+    lrs = warmup_lrs()
+    assert report["lrs"] == pytest.approx(lrs, rel=1e-9)
+    assert len(set(lrs)) > 2  # the schedule moved the learning rate
+    # the engine stepped the scheduler once per step: the losses of torch's AdamW at those lrs
+    assert report["losses"] == pytest.approx(reference_losses(lrs), abs=TORCH_TOLERANCE)
+
+
+@needs_deepspeed
+@pytest.mark.distributed
+def test_16_mixed_is_refused_where_deepspeed_has_no_fp16(tmp_path):
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().is_fp16_supported():
+        pytest.skip(
+            "this machine's CPU has float16 (oneDNN: AVX512-FP16 or AMX-FP16); the refusal "
+            "is for CPUs without it"
+        )
+    failed = _torchrun(tmp_path, "deepspeed_stage_2", "16-mixed", expect_failure=True)
+    assert "precision '16-mixed' is DeepSpeed's 'fp16' mode" in failed["stderr"]
+    assert "use 'bf16-mixed' or '32-true'" in failed["stderr"]
+
+
+@needs_deepspeed
+@pytest.mark.distributed
+@pytest.mark.slow
+@slow_first_run
+def test_16_mixed_under_zero2_trains_with_loss_scaling(runs, reference):
+    from deepspeed.accelerator import get_accelerator
+
+    if not get_accelerator().is_fp16_supported():
+        pytest.skip(
+            "DeepSpeed's CPU accelerator has no fp16 on this CPU (needs AVX512-FP16 or "
+            "AMX-FP16); test_16_mixed_is_refused_where_deepspeed_has_no_fp16 covers it"
+        )
+    _, report = runs("deepspeed_stage_2", "16-mixed")
+    assert report["param_dtypes"] == ["torch.float16"]
+    assert report["master_dtypes"] == ["torch.float32"]
+    assert report["losses_torch"] == pytest.approx(reference, abs=5e-2)
 
 
 @needs_deepspeed
@@ -379,13 +490,26 @@ def test_crafted_pickle_in_a_shard_is_refused_without_running(runs, tmp_path):
 
 @needs_deepspeed
 @pytest.mark.distributed
+@pytest.mark.slow
+@slow_first_run
 def test_zero3_nvme_offload(runs):
+    """Optimizer states and parameters swapped to files under nvme_path (any directory: here
+    the test's own, on whatever disk holds it) through DeepSpeed's async I/O op; loading its
+    checkpoint into an NVMe engine is refused (DeepSpeed would restore only swapped tensors)."""
     if ctypes.util.find_library("aio") is None:
         pytest.skip(
             "deepspeed_stage_3_offload_nvme needs libaio (DeepSpeed's async I/O op), which "
             "this machine lacks: apt-get install libaio-dev"
         )
-    pytest.skip("NVMe offload is declared but its run is not written yet (no libaio here)")
+    _, report = runs("deepspeed_stage_3_offload_nvme")
+    assert report["offload"] == {"offload_optimizer": "nvme", "offload_param": "nvme"}
+    assert any(name.endswith(".swp") for name in report["nvme_files"]), report["nvme_files"]
+    reference = reference_losses(width=NVME_WIDTH)
+    # 1024-wide layers at lr 1e-2 train unstably (the loss jumps to ~30 in step 2), which
+    # amplifies the float32 summation differences of 2 processes (2e-5 in step 0's forward)
+    # to ~0.3%: a relative tolerance, far below what wrong swaps would give
+    assert report["losses_torch"] == pytest.approx(reference, rel=1e-2)
+    assert "swap files" in report["load_refused"]
 
 
 # -- the conformance kit -------------------------------------------------------------------

@@ -67,6 +67,7 @@ class Engine(nn.Module):
         optimizer: Optimizer | None,
         optimizer_config: Mapping[str, Any] | None,
         loss_scale: float,
+        step_lr: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.loss_scale = loss_scale
@@ -90,6 +91,9 @@ class Engine(nn.Module):
             config = dict(optimizer_config)
             optimizer = OPTIMIZERS[str(config.pop("type")).lower()](self.masters, **config)
         self.optimizer = optimizer
+        self.lr_scheduler: torch.optim.lr_scheduler.StepLR | None = None
+        if optimizer_config is not None and step_lr is not None and optimizer is not None:
+            self.lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, **step_lr)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
@@ -118,6 +122,8 @@ class Engine(nn.Module):
             raise RuntimeError("this engine was set up without an optimizer")
         self.unscale()
         self.optimizer.step()
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
         self._unscaled = False
         self.steps += 1
         with torch.no_grad():
@@ -133,13 +139,19 @@ class EngineStrategy(SingleDeviceStrategy):
         optimizer: an optimizer configuration (``{"type": "sgd", "lr": 0.1}``) the engine builds
             when ``runtime.setup(model)`` is given none.
         loss_scale: the engine's static loss scale; default 1024 for float16, else 1.
+        step_lr: ``StepLR`` arguments of a scheduler the engine builds and steps beside the
+            optimizer of its configuration.
     """
 
     def __init__(
-        self, optimizer: Mapping[str, Any] | None = None, loss_scale: float | None = None
+        self,
+        optimizer: Mapping[str, Any] | None = None,
+        loss_scale: float | None = None,
+        step_lr: Mapping[str, Any] | None = None,
     ) -> None:
         self.optimizer_config = optimizer
         self.loss_scale = loss_scale
+        self.step_lr = step_lr
         self.selected_precision: Precision | None = None
         self._engines: weakref.WeakKeyDictionary[Optimizer, Engine] = weakref.WeakKeyDictionary()
 
@@ -157,7 +169,7 @@ class EngineStrategy(SingleDeviceStrategy):
         if scale is None:
             scale = 1024.0 if dtype == torch.float16 else 1.0
         config = self.optimizer_config if optimizer is None else None
-        engine = Engine(module, dtype, optimizer, config, scale)
+        engine = Engine(module, dtype, optimizer, config, scale, self.step_lr)
         if engine.optimizer is not None:
             self._engines[engine.optimizer] = engine
         return engine
@@ -169,6 +181,10 @@ class EngineStrategy(SingleDeviceStrategy):
             raise ValueError("the engine trains one module with one optimizer")
         engine = self._engine(module, optimizers[0] if optimizers else None)
         return engine, [engine.optimizer] if engine.optimizer is not None else []
+
+    def engine_lr_schedulers(self, module: nn.Module) -> list[Any]:
+        assert isinstance(module, Engine)
+        return [module.lr_scheduler] if module.lr_scheduler is not None else []
 
     def setup_module(self, module: nn.Module) -> nn.Module:
         return self._engine(module, None)

@@ -13,7 +13,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils._pytree import tree_map
 
-from switchyard.precision import Precision
+from switchyard.precision import Precision, overrides
 
 _DTYPES = {
     "float64": torch.float64,
@@ -44,6 +44,12 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def _convert_floats(data: Any, dtype: torch.dtype) -> Any:
+    if isinstance(data, torch.Tensor):
+        # the usual forward output: no torch.utils._pytree walk (several µs) for one tensor
+        if torch.is_floating_point(data) and data.dtype != dtype:
+            return data.to(dtype)
+        return data
+
     def convert(x: Any) -> Any:
         if isinstance(x, torch.Tensor) and torch.is_floating_point(x) and x.dtype != dtype:
             return x.to(dtype)
@@ -140,6 +146,17 @@ class MixedPrecision(Precision):
     @property
     def wraps_forward(self) -> bool:
         return True
+
+    @property
+    def wraps_backward(self) -> bool:
+        # pre_backward only scales, and only with a scaler (known once bound)
+        return self.scaler is not None or overrides(
+            self, MixedPrecision, "pre_backward", "backward", "post_backward"
+        )
+
+    @property
+    def wraps_optimizer_step(self) -> bool:
+        return self.scaler is not None or overrides(self, MixedPrecision, "optimizer_step")
 
     def forward_context(self) -> contextlib.AbstractContextManager[Any]:
         return torch.autocast(self.device_type, dtype=self.compute_dtype)

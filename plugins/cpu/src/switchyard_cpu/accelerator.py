@@ -26,6 +26,17 @@ class CPUAccelerator(Accelerator):
         return True
 
     @classmethod
+    def precision_warning(cls, precision_name: str, dtype: torch.dtype | None) -> str | None:
+        if dtype != torch.float16 or torch.ops.mkldnn._is_mkldnn_fp16_supported():
+            return None
+        # measured: 16-mixed trains a small MLP about 8x slower than 32-true on such a CPU
+        return (
+            "this CPU has no float16 arithmetic (oneDNN needs AVX512-FP16 or AMX-FP16), so "
+            "torch converts every float16 operation in software: several times slower than "
+            "'32-true'. Use '32-true', or 'bf16-mixed' to save memory"
+        )
+
+    @classmethod
     def device_count(cls) -> int:
         return os.cpu_count() or 1
 

@@ -12,6 +12,7 @@ differ.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from switchyard.accelerator import Accelerator
@@ -63,3 +64,33 @@ def select(accelerator: Accelerator) -> Any:
             "the Runtime before anything imports and uses DeepSpeed"
         )
     return ds_accelerator
+
+
+def check_precision(ds_accelerator: Any, config: Mapping[str, Any]) -> None:
+    """Refuse, before any engine is built, a half precision DeepSpeed's accelerator cannot run
+    here (DeepSpeed's own check comes only inside ``deepspeed.initialize``, as "Type fp16 is not
+    supported on your device")."""
+    for section, precision, supported in (
+        ("fp16", "16-mixed", ds_accelerator.is_fp16_supported),
+        ("bf16", "bf16-mixed", ds_accelerator.is_bf16_supported),
+    ):
+        settings = config.get(section)
+        if isinstance(settings, Mapping) and settings.get("enabled") and not supported():
+            others = [
+                name
+                for name, check in (
+                    ("bf16-mixed", ds_accelerator.is_bf16_supported),
+                    ("16-mixed", ds_accelerator.is_fp16_supported),
+                )
+                if name != precision and check()
+            ]
+            hint = (
+                "the CPU's float16 comes from oneDNN and needs AVX512-FP16 or AMX-FP16"
+                if ds_accelerator._name == "cpu" and section == "fp16"
+                else "the device has no such mode"
+            )
+            raise SelectionError(
+                f"precision {precision!r} is DeepSpeed's {section!r} mode, which its "
+                f"{ds_accelerator._name!r} accelerator does not support on this machine "
+                f"({hint}); use {' or '.join(repr(name) for name in [*others, '32-true'])}"
+            )

@@ -289,14 +289,15 @@ def load(
     meta = read_meta(path)
     if meta is None:
         return _load_foreign(strategy, path, state, strict, weights_only)
-    if meta.get("world_size") != strategy.world_size:
+    saved_world = meta.get("world_size")
+    if not isinstance(saved_world, int) or saved_world < 1:
         raise CheckpointError(
-            f"the DeepSpeed checkpoint {str(path)!r} was saved by {meta.get('world_size')} "
-            f"processes; this job has {strategy.world_size}, and DeepSpeed reloads its "
-            "sharded optimizer states only into as many. Load it in "
-            f"{meta.get('world_size')} processes, or consolidate it "
-            "(switchyard_deepspeed.consolidate) and load the weights into a fresh engine"
+            f"{str(path / META_FILENAME)!r} names no number of processes (world_size "
+            f"{saved_world!r}); the checkpoint is corrupt"
         )
+    # ZeRO's files are cut per process: another number of processes reads them through
+    # DeepSpeed's universal format (a stage-0 engine's files are whole in any job)
+    reshard = saved_world != strategy.world_size and zero_stage_of(meta) > 0
     check_files(path, weights_only)
     plain = core.load_file(path / STATE_FILENAME, weights_only=weights_only)
     engine_keys = {
@@ -312,33 +313,51 @@ def load(
             f"the checkpoint has no entry {missing[0]!r}; it holds {sorted(known)}. Pass "
             "strict=False to load what is there."
         )
-    done: set[str] = set()
+    wanted: list[tuple[dict[str, Any], Any]] = []
     for key, obj in state.items():
         entry = engine_keys.get(key)
-        if entry is None or entry["tag"] in done:
+        if entry is None or any(entry is seen for seen, _ in wanted):
             continue
         engine = _engine_of(strategy, obj)
         if engine is None:
+            role = "optimizer" if entry["optimizer"] == key else "module"
             raise CheckpointError(
-                f"checkpoint entry {key!r} is a DeepSpeed engine's {('optimizer' if entry['optimizer'] == key else 'module')}, "
-                f"but state[{key!r}] is a {type(obj).__name__} no engine of this strategy "
-                "trains; pass what runtime.setup() returned"
+                f"checkpoint entry {key!r} is a DeepSpeed engine's {role}, but state[{key!r}] "
+                f"is a {type(obj).__name__} no engine of this strategy trains; pass what "
+                "runtime.setup() returned"
             )
-        done.add(entry["tag"])
-        with_optimizer = entry["optimizer"] is not None and entry["optimizer"] in state
-        with safe_loading(weights_only):
-            loaded, _ = engine.load_checkpoint(
-                str(path),
-                tag=entry["tag"],
-                load_module_strict=strict,
-                load_optimizer_states=with_optimizer,
-                load_lr_scheduler_states=with_optimizer,
-                load_module_only=not with_optimizer,
-            )
-        if loaded is None:
+        if engine.zero_nvme_offload_optimizer():
+            # DeepSpeed 0.19 restores an NVMe-offloaded optimizer only from copies of its swap
+            # files, and tensors under 1 MiB are never swapped: their float32 values would stay
+            # those of the fresh engine, silently
             raise CheckpointError(
-                f"DeepSpeed found no checkpoint under {str(path / entry['tag'])!r}"
+                f"state[{key!r}] is trained by an engine whose optimizer is offloaded to NVMe; "
+                "DeepSpeed restores such an engine only from its swap files, which leave out "
+                "every tensor under 1 MiB (they are kept in memory), so the loaded weights would "
+                "be partly the fresh engine's. Load the checkpoint weights without the engine "
+                f"(switchyard_deepspeed.consolidate({str(path)!r}, ...)) instead"
             )
+        wanted.append((entry, engine))
+    with contextlib.ExitStack() as stack:
+        source = path
+        if reshard and wanted:
+            tags = [entry["tag"] for entry, _ in wanted]
+            source = stack.enter_context(_universal_copy(strategy, path, tags, weights_only))
+        for entry, engine in wanted:
+            with_optimizer = entry["optimizer"] is not None and entry["optimizer"] in state
+            with safe_loading(weights_only), _universal_loading(engine, reshard):
+                loaded, _ = engine.load_checkpoint(
+                    str(source),
+                    tag=entry["tag"],
+                    load_module_strict=strict,
+                    load_optimizer_states=with_optimizer,
+                    load_lr_scheduler_states=with_optimizer,
+                    load_module_only=not with_optimizer,
+                )
+            if loaded is None:
+                raise CheckpointError(
+                    f"DeepSpeed found no checkpoint under {str(source / entry['tag'])!r}"
+                )
     rest = {key: obj for key, obj in state.items() if key not in engine_keys}
     remainder = strategy._restore(plain, rest, strict=False) if rest else dict(plain)
     if isinstance(state, dict):
@@ -346,6 +365,99 @@ def load(
             if key in plain and key in state and not hasattr(state[key], "load_state_dict"):
                 state[key] = plain[key]
     return {key: value for key, value in remainder.items() if key not in state}
+
+
+def zero_stage_of(meta: Mapping[str, Any]) -> int:
+    stage = meta.get("zero_stage", 0)
+    return stage if isinstance(stage, int) else 0
+
+
+@contextlib.contextmanager
+def _universal_copy(
+    strategy: DeepSpeedStrategy, path: Path, tags: list[str], weights_only: bool
+) -> Iterator[Path]:
+    """A copy of the engines ``tags`` of ``path`` in DeepSpeed's universal checkpoint format
+    (``deepspeed.checkpoint.ds_to_universal``: each parameter's float32 value and optimizer
+    states whole), which any number of processes loads. Rank zero writes it beside ``path``
+    (where every process reads ``path`` from); it is removed when the block ends."""
+    import uuid
+
+    directory = path.parent / f".{path.name}.universal-{uuid.uuid4().hex[:12]}"
+    failure: str | None = None
+    if strategy.is_global_zero:
+        try:
+            _convert_to_universal(path, directory, tags, weights_only)
+        except Exception as error:
+            failure = f"{type(error).__name__}: {error}"
+    failure = strategy.broadcast(failure, src=0)
+    try:
+        if failure is not None:
+            raise CheckpointError(
+                f"the DeepSpeed checkpoint {str(path)!r} was saved by another number of "
+                f"processes than this job's {strategy.world_size}, and converting it to "
+                f"DeepSpeed's universal format in {str(directory)!r} failed: {failure}. Load "
+                "it in as many processes as saved it, or consolidate it "
+                "(switchyard_deepspeed.consolidate) and load the weights into a fresh engine"
+            )
+        yield directory
+    finally:
+        strategy.barrier()  # every process has read the copy
+        if strategy.is_global_zero:
+            import shutil
+
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _convert_to_universal(path: Path, directory: Path, tags: list[str], weights_only: bool) -> None:
+    import argparse
+    import io
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    directory.mkdir()
+    for tag in tags:
+        arguments = argparse.Namespace(
+            input_folder=str(path / tag),
+            output_folder=str(directory / tag),
+            # in this process: a pool's workers would outlive a killed job
+            num_extract_workers=1,
+            num_merge_workers=1,
+            keep_temp_folder=False,
+            strict=True,
+            # DeepSpeed's own engine writes no universal_checkpoint_info; the defaults fit a
+            # model without tensor or pipeline parallelism, which is what this strategy runs
+            inject_missing_state=True,
+        )
+        # the converter prints its progress; keep it for the error only
+        chatter = io.StringIO()
+        try:
+            with (
+                safe_loading(weights_only),
+                contextlib.redirect_stdout(chatter),
+                contextlib.redirect_stderr(chatter),
+            ):
+                ds_to_universal.main(arguments)
+        except Exception as error:
+            raise RuntimeError(
+                f"{error}; converter output: {chatter.getvalue()[-2000:]}"
+            ) from error
+    check_files(directory, weights_only)
+
+
+@contextlib.contextmanager
+def _universal_loading(engine: Any, universal: bool) -> Iterator[None]:
+    """The engine reads a universal checkpoint (its config's ``checkpoint.load_universal``)
+    for this one load."""
+    if not universal:
+        yield
+        return
+    config = engine._config
+    previous = config.load_universal_checkpoint
+    config.load_universal_checkpoint = True
+    try:
+        yield
+    finally:
+        config.load_universal_checkpoint = previous
 
 
 def _load_foreign(

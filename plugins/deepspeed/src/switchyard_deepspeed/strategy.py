@@ -23,6 +23,7 @@ from switchyard_deepspeed import accelerator as ds_accelerator
 from switchyard_deepspeed import extensions
 from switchyard_deepspeed.config import OffloadDevice, build_config, zero_stage
 from switchyard_deepspeed.precision import DeepSpeedPrecision
+from switchyard_deepspeed.scheduler import EngineSteppedScheduler
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -34,9 +35,11 @@ class DeepSpeedStrategy(ParallelStrategy):
     ``runtime.setup(model, optimizer)`` hands the module and optimizer to ``deepspeed.initialize``
     with the strategy's DeepSpeed config; ``runtime.setup(model)`` lets the engine build the
     optimizer (and learning-rate scheduler) its config defines, and returns
-    ``(model, optimizer)``. ``runtime.backward(loss)`` is ``engine.backward(loss)`` and
-    ``optimizer.step()`` is ``engine.step()``, which also steps the config's scheduler (reach it
-    as :meth:`lr_scheduler`) and zeroes the gradients. The optimizer handed back is the torch
+    ``(model, optimizer)``, or ``(model, optimizer, scheduler)`` when the config has a
+    ``"scheduler"`` (an :class:`~switchyard_deepspeed.scheduler.EngineSteppedScheduler`, whose
+    ``step()`` is refused: the engine steps it). ``runtime.backward(loss)`` is
+    ``engine.backward(loss)`` and ``optimizer.step()`` is ``engine.step()``, which also steps the
+    config's scheduler (reach it as :meth:`lr_scheduler`) and zeroes the gradients. The optimizer handed back is the torch
     optimizer the engine steps (the user's own, or the one built from the config), so
     ``optimizer.param_groups`` and learning-rate schedulers of the user's work on it; its
     parameters are the engine's float32 (partitioned) master copies.
@@ -210,7 +213,8 @@ class DeepSpeedStrategy(ParallelStrategy):
         # both before DeepSpeed is imported: it fixes its accelerator at import, and builds
         # its communication op when it adopts the process group
         extensions.use_cache(self.extensions_dir)
-        ds_accelerator.select(self.accelerator)
+        chosen = ds_accelerator.select(self.accelerator)
+        ds_accelerator.check_precision(chosen, self.config)
         super().setup_environment()
         # DeepSpeed reads the ranks from the variables its own launcher and torchrun set; a
         # process switchyard started another way (spawn, a job of one) sets them here
@@ -329,6 +333,22 @@ class DeepSpeedStrategy(ParallelStrategy):
         """The learning-rate scheduler the engine of ``obj`` built from its config (``None``
         without one); ``optimizer.step()`` steps it."""
         return self.engine(obj).lr_scheduler
+
+    def optimizer_zero_grad(self, optimizer: Optimizer, set_to_none: bool = True) -> None:
+        """``engine.zero_grad()``: the module's gradients. torch's own ``zero_grad`` on the
+        optimizer's float32 partitions would drop the gradient buffers an offloaded ZeRO
+        optimizer keeps on them between steps."""
+        engine = self._optimizer_engines.get(optimizer)
+        if engine is None:
+            optimizer.zero_grad(set_to_none=set_to_none)
+        else:
+            engine.zero_grad()
+
+    def engine_lr_schedulers(self, module: nn.Module) -> list[Any]:
+        """The config's scheduler, for ``model, optimizer, scheduler = runtime.setup(model)``:
+        refusing ``step()``, which the engine does."""
+        scheduler = self.engine(module).lr_scheduler
+        return [] if scheduler is None else [EngineSteppedScheduler(scheduler)]
 
     # -- the training step ----------------------------------------------------------------
 
