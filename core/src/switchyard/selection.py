@@ -34,7 +34,12 @@ from typing import Any, ParamSpec
 import torch
 
 from switchyard import first_party
-from switchyard.accelerator import Accelerator, DevicesArg, check_devices_limit
+from switchyard.accelerator import (
+    Accelerator,
+    DevicesArg,
+    SlowPrecisionWarning,
+    check_devices_limit,
+)
 from switchyard.entries import EntryKind, StrategyEntry, normalize_name
 from switchyard.environment import ClusterEnvironment
 from switchyard.errors import (
@@ -200,8 +205,6 @@ def select(
         _check_precision(precision_reg, precision_name, prec, accel, accel_name)
         slow = type(accel).precision_warning(precision_name, prec.compute_dtype or prec.param_dtype)
     if slow:
-        from switchyard.accelerator import SlowPrecisionWarning
-
         warnings.warn(
             f"precision {precision_name!r} on {accel_name!r}: {slow}",
             SlowPrecisionWarning,

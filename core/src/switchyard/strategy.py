@@ -165,12 +165,10 @@ class Strategy(ABC):
         """A context under which new modules are created on the device in the right dtype.
 
         ``empty_init=True`` allows skipping parameter initialization (weights will be loaded);
-        strategies that shard may then create modules on the meta device.
+        strategies that shard may then create modules on the meta device. Default: what
+        :meth:`tensor_init_context` does.
         """
-        stack = contextlib.ExitStack()
-        stack.enter_context(self.root_device)
-        stack.enter_context(self.precision.module_init_context())
-        return stack
+        return self.tensor_init_context()
 
     def tensor_init_context(self) -> contextlib.ExitStack:
         """A context under which new tensors are created on the device in the precision's

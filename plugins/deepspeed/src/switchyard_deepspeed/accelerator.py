@@ -70,20 +70,14 @@ def check_precision(ds_accelerator: Any, config: Mapping[str, Any]) -> None:
     """Refuse, before any engine is built, a half precision DeepSpeed's accelerator cannot run
     here (DeepSpeed's own check comes only inside ``deepspeed.initialize``, as "Type fp16 is not
     supported on your device")."""
-    for section, precision, supported in (
-        ("fp16", "16-mixed", ds_accelerator.is_fp16_supported),
-        ("bf16", "bf16-mixed", ds_accelerator.is_bf16_supported),
-    ):
+    modes = {
+        "fp16": ("16-mixed", ds_accelerator.is_fp16_supported),
+        "bf16": ("bf16-mixed", ds_accelerator.is_bf16_supported),
+    }
+    for section, (precision, supported) in modes.items():
         settings = config.get(section)
         if isinstance(settings, Mapping) and settings.get("enabled") and not supported():
-            others = [
-                name
-                for name, check in (
-                    ("bf16-mixed", ds_accelerator.is_bf16_supported),
-                    ("16-mixed", ds_accelerator.is_fp16_supported),
-                )
-                if name != precision and check()
-            ]
+            others = [name for key, (name, check) in modes.items() if key != section and check()]
             hint = (
                 "the CPU's float16 comes from oneDNN and needs AVX512-FP16 or AMX-FP16"
                 if ds_accelerator._name == "cpu" and section == "fp16"

@@ -441,7 +441,8 @@ def _convert_to_universal(path: Path, directory: Path, tags: list[str], weights_
             raise RuntimeError(
                 f"{error}; converter output: {chatter.getvalue()[-2000:]}"
             ) from error
-    check_files(directory, weights_only)
+    # no second scan of the copy: it was written from the files scanned before, and every load
+    # of it runs under safe_loading all the same
 
 
 @contextlib.contextmanager
