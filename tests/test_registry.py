@@ -591,3 +591,40 @@ def test_missing_requirements_imports_nothing(plugin_site):
         AcceleratorEntry(name="cpu", factory="a:b", requires=("torch",)).missing_requirements()
         == ()
     )
+
+
+# -- reading distributions cheaply ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        "Metadata-Version: 2.1\nName: Acme_Accel\nVersion: 1.2.3\n\nName: not-this\n",
+        # no Version header: the full parse decides (and finds none)
+        "Metadata-Version: 2.1\nName: Acme_Accel\n\nVersion: 9.9\n",
+    ],
+)
+def test_name_and_version_read_from_the_metadata_head(tmp_path, metadata):
+    """Discovery reads a plugin distribution's Name and Version from the head of its METADATA
+    (the body, a long description, may contain anything); anything unusual goes through
+    importlib.metadata's own parser, so both readings agree."""
+    import importlib.metadata
+
+    from switchyard.registry import _name_and_version, _read_dist_file
+
+    info = tmp_path / "acme_accel-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(metadata)
+    dist = importlib.metadata.PathDistribution(info)
+    assert _name_and_version(dist) == (dist.metadata["Name"], dist.version)
+    assert _read_dist_file(dist, "entry_points.txt") is None
+    (info / "entry_points.txt").write_text("[switchyard]\nacme = acme.plugin\n")
+    assert _read_dist_file(dist, "entry_points.txt") == dist.read_text("entry_points.txt")
+
+
+def test_core_version_is_known_with_and_without_autoload():
+    from importlib.metadata import version
+
+    for autoload in (True, False):
+        registry = PluginRegistry(autoload=autoload)
+        assert registry.plugins["builtin"].version == version("switchyard")

@@ -430,8 +430,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_torchrun,
         torchrun_arguments,
     )
-    from switchyard.parallel import TIMEOUT_VARIABLE, parse_timeout
     from switchyard.selection import ENV_PREFIX, name_origins, select
+    from switchyard.timeouts import TIMEOUT_VARIABLE, parse_timeout
 
     max_restarts = check_max_restarts(args.max_restarts, "--max-restarts")
     timeout = None

@@ -773,7 +773,7 @@ def _explain(runtime: Runtime, error: BaseException, what: str | None = None) ->
 def _timeout_argument(timeout: object) -> tuple[timedelta, str] | None:
     """``(timeout, where it came from)``: ``Runtime(timeout=...)``, else ``SWITCHYARD_TIMEOUT``
     (what ``switchyard run --timeout`` sets), else ``None``; validated either way."""
-    from switchyard.parallel import TIMEOUT_VARIABLE, parse_timeout
+    from switchyard.timeouts import TIMEOUT_VARIABLE, parse_timeout
 
     if timeout is not None:
         return parse_timeout(timeout, "timeout"), "timeout"

@@ -13,7 +13,6 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from switchyard import checkpoint
 from switchyard import seed as _seed
 from switchyard.accelerator import Accelerator
 from switchyard.environment import ClusterEnvironment
@@ -324,6 +323,8 @@ class Strategy(ABC):
         A value holding sharded tensors (``DTensor``) is refused, naming it: one process's file
         would hold only that process's shards. Strategies that shard override this method and
         save such values completely."""
+        from switchyard import checkpoint  # its safe unpickler is not needed to build a Runtime
+
         savable = self._to_savable(state, filter)
         sharded = checkpoint.sharded_tensor_entries(savable)
         if sharded:
@@ -372,6 +373,8 @@ class Strategy(ABC):
         that shards, or by ``torch.distributed.checkpoint``), which every process reads whole,
         as full tensors, without the strategy that wrote it. A directory checkpoint that a save
         killed between its two renames left beside ``path`` is put back first."""
+        from switchyard import checkpoint
+
         path = checkpoint.resolve(Path(path))
         loaded = checkpoint.load(path, weights_only=weights_only)
         return self._restore(loaded, state, strict)
