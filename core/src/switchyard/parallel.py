@@ -8,6 +8,7 @@ strategy built on ``torch.distributed`` can too.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -33,6 +34,9 @@ from switchyard.timeouts import parse_timeout as parse_timeout
 T = TypeVar("T")
 
 StartMethod = Literal["popen", "spawn", "fork", "forkserver"]
+
+_PROCESS_GROUPS_MADE = itertools.count()
+"""How many process groups this process made so far, numbering their keys in a shared store."""
 
 _CENSUS = "switchyard/census/"
 """Store keys under which the ranks of a failed collective say that they were waiting in it."""
@@ -222,15 +226,24 @@ class ParallelStrategy(Strategy):
             kwargs["device_id"] = self.root_device
         from torch.distributed.distributed_c10d import PrefixStore
 
+        from switchyard.launchers.multiprocessing import HOSTED_STORE_VARIABLE
+
         rank, world_size = self.global_rank, self.world_size
         store = self._rendezvous_store(address, port, rank, world_size)
         store.set_timeout(self.timeout)
+        # a store a launcher holds outlives the process group: a second Runtime in the same
+        # processes would otherwise find the addresses the first group's ranks published, and
+        # a rank reading one before its peer overwrote it connects to a closed port. Every
+        # process makes its groups in the same order, so the n-th group's keys agree.
+        generation = next(_PROCESS_GROUPS_MADE)
         if _agent_store():
             # torchrun's agent keeps one store for every attempt of a job: a restarted attempt
             # (--max-restarts) would read the addresses its failed predecessors published and
             # connect to dead processes until the timeout. Each attempt gets its own keys.
             attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-            store = PrefixStore(f"switchyard/attempt_{attempt}", store)
+            store = PrefixStore(f"switchyard/attempt_{attempt}/group_{generation}", store)
+        elif os.environ.get(HOSTED_STORE_VARIABLE) == "1":
+            store = PrefixStore(f"switchyard/group_{generation}", store)
         self._store = store
         try:
             # what init_process_group does with the store of its own rendezvous
