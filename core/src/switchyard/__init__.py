@@ -3,6 +3,8 @@
 This module only re-exports the public API; each name lives in the module named for it.
 """
 
+from typing import TYPE_CHECKING, Any
+
 # first: a broken installed distribution that makes 'import torch' fail is named there
 from switchyard import _torch_import  # noqa: F401
 from switchyard.accelerator import Accelerator, DevicesArg, SlowPrecisionWarning
@@ -11,6 +13,7 @@ from switchyard.entries import (
     CheckpointFormatEntry,
     Entry,
     EnvironmentEntry,
+    LoggerEntry,
     PrecisionEntry,
     StrategyEntry,
 )
@@ -34,6 +37,10 @@ from switchyard.seed import seed_everything
 from switchyard.strategy import Strategy
 from switchyard.wrappers import RuntimeDataLoader, RuntimeModule, RuntimeOptimizer
 
+if TYPE_CHECKING:
+    from switchyard.evaluation import EvaluationBatchSampler
+    from switchyard.loggers import Logger
+
 __all__ = [
     "Accelerator",
     "AcceleratorEntry",
@@ -45,7 +52,10 @@ __all__ = [
     "DevicesArg",
     "Entry",
     "EnvironmentEntry",
+    "EvaluationBatchSampler",
     "Launcher",
+    "Logger",
+    "LoggerEntry",
     "PluginConflictError",
     "PluginError",
     "PluginHookError",
@@ -67,3 +77,15 @@ __all__ = [
     "hookimpl",
     "seed_everything",
 ]
+
+
+_LAZY = {"Logger": "switchyard.loggers", "EvaluationBatchSampler": "switchyard.evaluation"}
+
+
+def __getattr__(name: str) -> Any:
+    # imported on first use: a script that logs nothing, or evaluates nothing, never loads them
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'switchyard' has no attribute {name!r}")

@@ -94,7 +94,15 @@ def usability(registration: Registration, *, check: bool = False) -> str | None:
         instance = cls(**registration.entry.init_args)
     except (Exception, SystemExit) as error:
         return f"cannot be created: {_error_text(error)}"
-    expected = _INTERFACES[registration.kind]
+    expected: type
+    if registration.kind == "logger":
+        # loggers are no part of selection; their constructors create nothing (the contract
+        # of switchyard.Logger), so building one here is safe
+        from switchyard.loggers import Logger
+
+        expected = Logger
+    else:
+        expected = _INTERFACES[registration.kind]
     if not isinstance(instance, expected):
         return (
             f"its factory built a {type(instance).__qualname__}, which is not a switchyard "
@@ -122,7 +130,7 @@ def plugins_report(registry: PluginRegistry, *, check: bool = False) -> dict[str
     from switchyard.selection import device_type_claimants
 
     entries = []
-    for kind in ("accelerator", "strategy", "precision", "environment"):
+    for kind in ("accelerator", "strategy", "precision", "environment", "logger"):
         conflicts = registry.conflicts(kind)
         for reg in sorted(registry.registrations(kind), key=lambda r: r.entry.name):
             reason = usability(reg, check=check)
@@ -331,7 +339,7 @@ def env_report(registry: PluginRegistry) -> dict[str, Any]:
     distributions = sorted(
         {
             (r.plugin.distribution, r.plugin.version)
-            for kind in ("accelerator", "strategy", "precision", "environment")
+            for kind in ("accelerator", "strategy", "precision", "environment", "logger")
             for r in registry.registrations(kind)
             if r.plugin.distribution
         },

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
-EntryKind = Literal["accelerator", "strategy", "precision", "environment"]
+EntryKind = Literal["accelerator", "strategy", "precision", "environment", "logger"]
 
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 
@@ -82,6 +82,8 @@ class Entry:
     """
 
     kind: ClassVar[EntryKind]
+    """The kind of piece this entry registers (``"accelerator"``, ``"strategy"``...); each entry
+    class sets it."""
 
     name: str
     factory: Any
@@ -241,12 +243,34 @@ class EnvironmentEntry(Entry):
     kind: ClassVar[EntryKind] = "environment"
 
 
+@dataclass(frozen=True)
+class LoggerEntry(Entry):
+    """A logger: where ``runtime.log`` and ``runtime.log_dict`` send metrics (a CSV file,
+    TensorBoard, an experiment tracker).
+
+    The factory builds a :class:`~switchyard.Logger`; users select it by name,
+    ``Runtime(loggers="wandb")``, and the factory is called with ``init_args`` only (a user who
+    wants other arguments creates the logger and passes the instance). It is imported and
+    created only when selected, so a tracker's client library is never imported by discovery
+    or by ``switchyard plugins``. ``priority`` is not used: loggers are never chosen by
+    ``"auto"``.
+
+    Example::
+
+        LoggerEntry(name="wandb", factory="switchyard_wandb.logger:WandbLogger",
+                    description="Weights & Biases runs", requires=("wandb",))
+    """
+
+    kind: ClassVar[EntryKind] = "logger"
+
+
 ENTRY_TYPES: Mapping[EntryKind, type[Entry]] = MappingProxyType(
     {
         "accelerator": AcceleratorEntry,
         "strategy": StrategyEntry,
         "precision": PrecisionEntry,
         "environment": EnvironmentEntry,
+        "logger": LoggerEntry,
     }
 )
 
@@ -256,6 +280,7 @@ HOOK_FOR_KIND: Mapping[EntryKind, str] = MappingProxyType(
         "strategy": "switchyard_strategies",
         "precision": "switchyard_precisions",
         "environment": "switchyard_environments",
+        "logger": "switchyard_loggers",
     }
 )
 

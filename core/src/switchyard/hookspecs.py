@@ -3,12 +3,14 @@
 A plugin is any module or object carrying functions marked with :data:`hookimpl`. It is found
 through the ``switchyard`` entry-point group of an installed distribution, or passed explicitly
 as ``Runtime(plugins=[...])``. switchyard's own pieces (the ``single_device`` strategy, the
-torch.amp precisions, the cluster environments) are plugins written against these same hooks.
+torch.amp precisions, the cluster environments, the csv and tensorboard loggers) are plugins
+written against these same hooks.
 
 Registration hooks (``switchyard_accelerators``, ``switchyard_strategies``,
-``switchyard_precisions``, ``switchyard_environments``) return or yield small frozen records from
-:mod:`switchyard.entries`. They must be cheap: they run every time plugins are discovered, so they
-must not import the engine they describe (torch_xla, deepspeed, intel_extension_for_pytorch...).
+``switchyard_precisions``, ``switchyard_environments``, ``switchyard_loggers``) return or yield
+small frozen records from :mod:`switchyard.entries`. They must be cheap: they run every time
+plugins are discovered, so they must not import the engine they describe (torch_xla, deepspeed,
+intel_extension_for_pytorch, wandb...).
 The entry names its implementation lazily, as a ``"module:attr"`` string, imported only when a
 user selects it. switchyard calls each registration hook of each plugin on its own, so one plugin
 that raises is recorded and skipped without hiding the others.
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
         AcceleratorEntry,
         CheckpointFormatEntry,
         EnvironmentEntry,
+        LoggerEntry,
         PrecisionEntry,
         StrategyEntry,
     )
@@ -53,6 +56,7 @@ PROJECT_NAME = "switchyard"
 """The pluggy project name, and the entry-point group plugins are published under."""
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+"""Marks the hook specifications below (switchyard's own; plugins use :data:`hookimpl`)."""
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 """Decorator for a plugin's hook implementations: ``@switchyard.hookimpl``."""
 
@@ -101,6 +105,22 @@ def switchyard_environments() -> Iterable[EnvironmentEntry] | EnvironmentEntry |
     Called once per discovery, with no arguments. Return (or yield) one or more
     :class:`~switchyard.EnvironmentEntry`. When the user does not choose an environment, the
     detected environment with the highest ``priority`` wins. All plugins' results are collected.
+    """
+
+
+@hookspec
+def switchyard_loggers() -> Iterable[LoggerEntry] | LoggerEntry | None:
+    """Declare the loggers this plugin provides (experiment trackers, metric files).
+
+    Called once per discovery, with no arguments. Return (or yield) one or more
+    :class:`~switchyard.LoggerEntry`; a user selects one by name, ``Runtime(loggers="wandb")``,
+    and ``runtime.log``/``runtime.log_dict`` then reach its :class:`~switchyard.Logger`.
+
+    Optional: a plugin that provides no logger does not implement it. Must not import the
+    tracker's client library (``wandb``, ``mlflow``): name the implementation lazily in
+    ``factory="package.module:Class"`` and list the library in ``requires``, so that a user
+    without it gets an install hint instead of an ImportError. All plugins' results are
+    collected; a plugin that raises here is recorded and skipped, the others' loggers stay.
     """
 
 
@@ -182,6 +202,7 @@ REGISTRATION_HOOKS: tuple[str, ...] = (
     "switchyard_strategies",
     "switchyard_precisions",
     "switchyard_environments",
+    "switchyard_loggers",
 )
 """The hooks whose results are entries, collected at discovery."""
 

@@ -50,6 +50,7 @@ class Precision:
     """The dtype autocast computes in, or ``None`` when there is no autocast."""
 
     device_type: str = "cpu"
+    """The type of the device the precision runs on (set by :meth:`bind`), for autocast."""
 
     def bind(self, device: torch.device) -> None:
         """Called once when the device is known, before any other method. Default: remember its

@@ -175,8 +175,11 @@ class PluginHookError(PluginError):
     ) -> None:
         super().__init__(message)
         self.failure = failure
+        """The plugin that raised, the hook and the error."""
         self.ran = tuple(ran)
+        """The plugins whose implementation of the hook ran before the failure."""
         self.not_ran = tuple(not_ran)
+        """The plugins whose implementation of the hook did not run because of it."""
 
 
 @dataclass(frozen=True)
@@ -366,8 +369,11 @@ class PluginRegistry:
         entry_points: Iterable[importlib.metadata.EntryPoint] | None = None,
     ) -> None:
         self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        """The pluggy plugin manager the plugins are registered with."""
         self.manager.add_hookspecs(hookspecs)
         self.failures: list[PluginFailure] = []
+        """Plugins that failed to load or whose registration hooks raised, with the error;
+        ``switchyard plugins`` lists them."""
         self.plugins: dict[str, PluginInfo] = {}
         self.hook_seconds: dict[str, float] = {}
         """Seconds each plugin's registration hooks took, by plugin name."""
@@ -394,6 +400,8 @@ class PluginRegistry:
         self._blocked_in_code = frozenset(blocked)
         blocked |= {normalize_name(b) for b in _split_env(ENV_BLOCK)}
         self.blocked = frozenset(blocked)
+        """Names of the plugins not loaded: ``no:NAME`` in ``plugins``, ``block``, and the
+        :data:`ENV_BLOCK` variable."""
         # autoload=False from code asks for the given plugins only: installed ones are then not
         # looked at at all; the environment switch is the user's, and not_loaded() lists them
         autoload_from_code = autoload is not None
@@ -404,6 +412,8 @@ class PluginRegistry:
         ]
         self.autoload = autoload
         self.allowed = tuple(allowed)
+        """When not empty, the only installed plugins loaded (``allow``, else the
+        :data:`ENV_ALLOW` variable)."""
 
         from switchyard import builtin
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import torch
 from torch import nn
@@ -39,6 +39,9 @@ from switchyard.wrappers import (
     move_to_device,
 )
 
+if TYPE_CHECKING:
+    from switchyard.loggers import Logger
+
 T = TypeVar("T")
 
 _NO_CONTEXT: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -48,7 +51,14 @@ _NO_CONTEXT: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
 
 @dataclass
 class SetupResult:
-    """What ``switchyard_post_setup`` hooks may inspect and replace."""
+    """What ``switchyard_post_setup`` hooks may inspect and replace.
+
+    Attributes:
+        module: the module as the strategy set it up (moved, wrapped or sharded); a hook may
+            replace it, and ``runtime.setup`` then wraps what it holds.
+        optimizers: the optimizers set up with it, in the order given (a hook may replace them).
+        original_module: the module the user passed to ``setup``.
+    """
 
     module: nn.Module
     optimizers: list[Optimizer] = field(default_factory=list)
@@ -79,6 +89,12 @@ class Runtime:
             most 7 days); default 10 minutes (``switchyard.parallel.DEFAULT_TIMEOUT``), or
             ``switchyard run --timeout``. When it runs out, the job ends with a non-zero status
             and the ranks that never reached the collective are named.
+        loggers: where :meth:`log` and :meth:`log_dict` send metrics: a logger name
+            (``"csv"``, ``"tensorboard"``, or one a plugin registers, ``switchyard plugins``
+            lists them), a :class:`~switchyard.Logger` instance, or a list of either. Named
+            loggers write under ``./logs``; create the instance for other arguments
+            (``CSVLogger(root_dir="runs")``).
+        callbacks: an object, or a list of objects, whose methods :meth:`call` calls by name.
 
     Example::
 
@@ -103,6 +119,8 @@ class Runtime:
         plugins: Sequence[object] | None = None,
         environment: str | ClusterEnvironment | None = None,
         timeout: float | timedelta | None = None,
+        loggers: str | Logger | Sequence[str | Logger] | None = None,
+        callbacks: Any = None,
     ) -> None:
         # before anything is discovered or selected: a bad timeout is the caller's mistake
         chosen_timeout = _timeout_argument(timeout)
@@ -122,6 +140,8 @@ class Runtime:
         self.registry: PluginRegistry = (
             PluginRegistry(hook_plugins) if hook_plugins else default_registry()
         )
+        """The plugins this runtime selected from and whose lifecycle hooks it calls: the
+        installed ones, plus the ``plugins=`` given (then in a registry of its own)."""
         self.plan: Plan = select(
             self.registry,
             accelerator=accelerator,
@@ -131,6 +151,8 @@ class Runtime:
             precision=precision,
             environment=environment,
         )
+        """What selection chose: the accelerator, strategy, precision, environment, devices
+        and the names they were chosen by (``plan.names``)."""
         if chosen_timeout is not None:
             _apply_timeout(self.plan, *chosen_timeout)
         self._launched = False
@@ -139,15 +161,29 @@ class Runtime:
         self._modules: list[RuntimeModule] = []
         # one per set-up module: lets setup_optimizers re-point optimizers created before it
         self._parameter_names: list[ParameterNames] = []
+        # their modules are imported only when asked for: a Runtime() without them stays cheap
+        self._loggers: list[Logger] = []
+        if loggers is not None:
+            from switchyard.loggers import create_loggers
+
+            self._loggers = create_loggers(self.registry, loggers)
+        self._callbacks: list[Any] = []
+        if callbacks is not None:
+            from switchyard.callbacks import check_callbacks
+
+            self._callbacks = check_callbacks(callbacks)
+        self._warned_no_logger = False
 
     # -- what was chosen ------------------------------------------------------------------
 
     @property
     def accelerator(self) -> Accelerator:
+        """The accelerator selection chose (an instance, whatever name was asked for)."""
         return self.plan.accelerator
 
     @property
     def strategy(self) -> Strategy:
+        """The strategy selection chose, bound to the accelerator, precision and devices."""
         return self.plan.strategy
 
     @property
@@ -158,6 +194,8 @@ class Runtime:
 
     @property
     def environment(self) -> ClusterEnvironment:
+        """The cluster environment detected or given: where ranks and the rendezvous come
+        from."""
         return self.plan.environment
 
     @property
@@ -167,22 +205,28 @@ class Runtime:
 
     @property
     def global_rank(self) -> int:
+        """This process's rank among all processes of the job, ``0`` to ``world_size - 1``."""
         return self.strategy.global_rank
 
     @property
     def local_rank(self) -> int:
+        """This process's rank on its node (which of the node's devices it drives)."""
         return self.strategy.local_rank
 
     @property
     def node_rank(self) -> int:
+        """The rank of this process's node among the job's nodes."""
         return self.strategy.node_rank
 
     @property
     def world_size(self) -> int:
+        """Number of processes in the job."""
         return self.strategy.world_size
 
     @property
     def is_global_zero(self) -> bool:
+        """Whether this is the process of global rank zero: the one that should print, log
+        and write files."""
         return self.strategy.is_global_zero
 
     def __repr__(self) -> str:
@@ -316,6 +360,7 @@ class Runtime:
                     # the job instead of waiting for them for ever (raised below)
                     print(f"switchyard: {stalled}", file=sys.stderr, flush=True)
                     self._failed = True
+        self._finalize_loggers()
         try:
             # each plugin on its own, last registered first: one failing must not stop the rest
             failures = self.registry.call_lifecycle_hook(
@@ -343,7 +388,9 @@ class Runtime:
         # have run, before the interpreter's finalization, where gloo's leftover threads can
         # abort the process. Under torchrun or srun started by the user the interpreter exits
         # normally, as a raw PyTorch job does.
-        if _exit_failed:
+        if _exit_failed or getattr(sys, "last_value", None) is not None:
+            # the interpreter sets sys.last_value for an uncaught exception before the atexit
+            # handlers run: the run failed, and the loggers are told so
             self._failed = True
         try:
             self.teardown()
@@ -459,13 +506,29 @@ class Runtime:
         *dataloaders: DataLoader[Any],
         use_distributed_sampler: bool = True,
         move_to_device: bool = True,
+        evaluation: bool = False,
     ) -> Any:
         """Prepare data loaders: a ``DistributedSampler`` when the strategy splits data between
         processes (unless ``use_distributed_sampler=False``), batches moved to the device
-        (unless ``move_to_device=False``). Returns one loader, or a tuple of them."""
+        (unless ``move_to_device=False``). Returns one loader, or a tuple of them.
+
+        ``evaluation=True`` is for loaders a metric is computed over: instead of the
+        ``DistributedSampler`` (which repeats samples so that every process has as many, and
+        so counts them twice), an :class:`~switchyard.evaluation.EvaluationBatchSampler` gives
+        every sample to exactly one process, in the same number of batches on every process
+        (the last ones smaller where needed), so that strategies whose forward runs collectives
+        (FSDP) do not hang. Sum the counts with ``runtime.all_reduce(..., op="sum")``; see
+        docs/evaluation.md. The loader needs a ``batch_size``, a sequential or random sampler
+        and ``drop_last=False``, checked on one process too."""
         self._ensure_launched()
         from switchyard.dataloading import prepare_dataloader
 
+        if evaluation and not use_distributed_sampler:
+            raise ArgumentError(
+                "setup_dataloaders(evaluation=True, use_distributed_sampler=False): evaluation "
+                "replaces the sampler, and use_distributed_sampler=False asks to keep yours. "
+                "Pass one of them"
+            )
         prepared = []
         for loader in dataloaders:
             if isinstance(loader, RuntimeDataLoader):
@@ -474,6 +537,9 @@ class Runtime:
                 loader,
                 self.strategy.distributed_sampler_kwargs if use_distributed_sampler else None,
                 rank=self.global_rank,
+                evaluation=evaluation,
+                even_batches=self.strategy.forward_is_collective,
+                strategy_name=type(self.strategy).__name__,
             )
             loader = self.strategy.process_dataloader(loader)
             if move_to_device:
@@ -608,11 +674,148 @@ class Runtime:
         """Seed ``random``, NumPy (if used) and torch; see :func:`switchyard.seed_everything`."""
         return _seed.seed_everything(seed, workers=workers)
 
+    # -- logging and callbacks ------------------------------------------------------------
+
+    @property
+    def loggers(self) -> list[Logger]:
+        """The loggers given as ``Runtime(loggers=...)``, in that order (a new list)."""
+        return list(self._loggers)
+
+    @property
+    def logger(self) -> Logger:
+        """The first logger given as ``Runtime(loggers=...)``: the main one, for what
+        :meth:`log` does not cover (``runtime.logger.log_dir``, a tracker's own API)."""
+        if not self._loggers:
+            installed = ", ".join(self.registry.names("logger")) or "none"
+            raise RuntimeError(
+                "this Runtime has no logger: pass one as Runtime(loggers='csv') (a name, a "
+                f"switchyard.Logger instance, or a list of them); installed loggers: {installed}"
+            )
+        return self._loggers[0]
+
+    def log(self, name: str, value: Any, step: int | None = None) -> None:
+        """Log one metric to every logger, from global rank zero only: other processes return
+        at once, and nothing waits for another process (log a value reduced with
+        :meth:`all_reduce` to log what every process saw).
+
+        ``value`` is a number or a one-element tensor (converted with ``.item()`` on rank zero;
+        a larger tensor is refused on every process). ``step`` is your own step (the optimizer
+        step, the epoch); ``None`` lets each logger count for itself (the built-in loggers use
+        how many times they were called before: 0, 1, 2...), as in Lightning Fabric.
+        """
+        if not isinstance(name, str):
+            raise ArgumentError(
+                f"runtime.log(name={_short(name)}, ...): the metric's name must be a string, "
+                f"not {type(name).__name__}"
+            )
+        self._log({name: value}, step, "log")
+
+    def log_dict(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log several metrics at one step to every logger, from global rank zero only; see
+        :meth:`log` for values and ``step``."""
+        self._log(metrics, step, "log_dict")
+
+    def _log(self, metrics: Mapping[str, Any], step: int | None, what: str) -> None:
+        self._check_logging(what)
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+            raise ArgumentError(
+                f"runtime.{what} step={_short(step)} ({type(step).__name__}) must be a whole "
+                "number, or None to let each logger count steps"
+            )
+        if not self._loggers:
+            self._warn_no_logger(what)
+            return
+        from switchyard.loggers import as_numbers
+
+        # checked everywhere (so a bad metric fails on every process alike), converted on rank
+        # zero only: .item() waits for the device
+        is_zero = self.is_global_zero
+        numbers = as_numbers(metrics, f"runtime.{what}", convert=is_zero)
+        if not is_zero:
+            return
+        for logger in self._loggers:
+            logger.log_metrics(numbers, step=step)
+
+    def log_hyperparams(self, params: Mapping[str, Any] | Any) -> None:
+        """Record the run's hyperparameters (a mapping, or an ``argparse.Namespace``) with every
+        logger, from global rank zero only."""
+        self._check_logging("log_hyperparams")
+        from switchyard.loggers import hyperparameters
+
+        checked = hyperparameters(params)
+        if not self._loggers:
+            self._warn_no_logger("log_hyperparams")
+            return
+        if self.is_global_zero:
+            for logger in self._loggers:
+                logger.log_hyperparams(checked)
+
+    def call(self, hook_name: str, *args: Any, **kwargs: Any) -> None:
+        """Call ``hook_name(*args, **kwargs)`` on every callback given as
+        ``Runtime(callbacks=...)`` that has such a method, in order, in this process, as
+        Lightning Fabric's ``fabric.call``. Callbacks without it are skipped, and a name that no
+        callback has calls nothing; an attribute of that name that is not a method is an
+        error."""
+        from switchyard.callbacks import call
+
+        call(self._callbacks, hook_name, args, kwargs)
+
+    def _check_logging(self, what: str) -> None:
+        if self._torn_down:
+            raise RuntimeError(
+                f"runtime.{what}() after the run ended (runtime.teardown(), or the end of the "
+                "function given to launch()): its loggers are finalized. Log before the end of "
+                "the run, or create another Runtime"
+            )
+        # the rank is known once the process is set up (as for setup())
+        self._ensure_launched()
+
+    def _warn_no_logger(self, what: str) -> None:
+        if self._warned_no_logger:
+            return
+        self._warned_no_logger = True
+        if self.is_global_zero:
+            warnings.warn(
+                f"runtime.{what}() was called, but this Runtime has no logger, so nothing is "
+                "recorded; pass Runtime(loggers='csv') (or 'tensorboard', or a Logger)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+    def _finalize_loggers(self) -> None:
+        """Tell every logger the run ended (on rank zero, where they were used): ``"failed"``
+        if it ended with an error, else ``"success"``. A logger that raises is reported as a
+        warning; the others and the rest of the teardown go on."""
+        if not self._loggers or not self.is_global_zero:
+            return
+        status = "failed" if self._failed else "success"
+        for logger in self._loggers:
+            try:
+                logger.finalize(status)
+            except Exception as error:
+                warnings.warn(
+                    f"logger {type(logger).__qualname__} failed to finalize ({status}): "
+                    f"{type(error).__name__}: {error}; the other loggers and the strategy were "
+                    "torn down",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+
     # -- collectives ----------------------------------------------------------------------
 
-    def all_reduce(self, data: Any, op: ReduceOp = "mean") -> Any:
+    def all_reduce(
+        self, data: Any, op: ReduceOp = "mean", *, reduce_op: ReduceOp | None = None
+    ) -> Any:
         """Reduce tensors (or numbers) in a nested structure across processes: ``"sum"``,
-        ``"mean"``, ``"max"``, ``"min"`` or ``"product"``."""
+        ``"mean"``, ``"max"``, ``"min"`` or ``"product"``. ``reduce_op=`` is Lightning Fabric's
+        name for ``op``, taken so that Fabric code ports unchanged."""
+        if reduce_op is not None:
+            if op != "mean":
+                raise ArgumentError(
+                    f"all_reduce got op={op!r} and reduce_op={reduce_op!r}, one argument under "
+                    "two names (reduce_op is Lightning Fabric's); pass one of them"
+                )
+            op = reduce_op
         normalized = _reduce_op(op)
         return tree_map(
             lambda x: self.strategy.all_reduce(

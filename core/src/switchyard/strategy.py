@@ -68,11 +68,16 @@ class Strategy(ABC):
     """
 
     accelerator: Accelerator
+    """The accelerator selection chose; set by :meth:`bind`."""
     precision: Precision
+    """The precision this strategy runs with (what :meth:`connect_precision` returned); set by
+    :meth:`bind`."""
     environment: ClusterEnvironment
+    """Where ranks, world size and the rendezvous address come from; set by :meth:`bind`."""
     devices: list[torch.device]
     """The devices of this node, one per local process (one in total for single-device)."""
     num_nodes: int = 1
+    """Number of nodes the job runs on; set by :meth:`bind`."""
 
     optimizer_steps_master_copies: ClassVar[bool] = False
     """Whether the optimizer ``runtime.setup`` returns steps copies of the parameters the
@@ -82,6 +87,17 @@ class Strategy(ABC):
     parameters, which the conformance kit checks; a strategy declaring ``True`` is checked
     instead for what must still hold: no optimizer holds parameters the module no longer
     computes with, and every parameter of the module changes when the optimizer steps."""
+
+    forward_is_collective: ClassVar[bool] = True
+    """Whether the forward of a module this strategy set up may run a collective (FSDP
+    all-gathers each sharded module's parameters; DDP broadcasts buffers), so that a process
+    running one forward fewer than the others leaves them waiting for ever. Consulted only with
+    several processes, by ``runtime.setup_dataloaders(loader, evaluation=True)``: where the
+    evaluation set cannot be split into the same number of batches for every process without
+    repeating a sample (fewer samples than processes, batches of one), ``True`` makes that a
+    clear error at setup, and ``False`` lets the processes run different numbers of batches.
+    Default ``True``, the safe answer; declare ``False`` only for a strategy whose forward never
+    communicates."""
 
     def bind(
         self,
@@ -127,18 +143,22 @@ class Strategy(ABC):
 
     @property
     def global_rank(self) -> int:
+        """This process's rank among all processes of the job, ``0`` to ``world_size - 1``."""
         return 0
 
     @property
     def local_rank(self) -> int:
+        """This process's rank among the processes of its node (which local device it drives)."""
         return 0
 
     @property
     def node_rank(self) -> int:
+        """The rank of this process's node among the job's nodes."""
         return 0
 
     @property
     def is_global_zero(self) -> bool:
+        """Whether this is the process of global rank zero, the one that logs and saves."""
         return self.global_rank == 0
 
     @property
@@ -234,11 +254,17 @@ class Strategy(ABC):
     def backward(
         self, tensor: torch.Tensor, module: nn.Module | None, *args: Any, **kw: Any
     ) -> None:
+        """``runtime.backward(loss)``: backward through the precision (its ``pre_backward``,
+        for instance scaling the loss, then ``backward`` and ``post_backward``). ``module`` is
+        the set-up module the loss came from, when known. Override where the engine runs
+        backward itself."""
         tensor = self.precision.pre_backward(tensor, module)
         self.precision.backward(tensor, module, *args, **kw)
         self.precision.post_backward(tensor, module)
 
     def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any:
+        """``optimizer.step()`` of an optimizer ``runtime.setup`` returned: through the precision,
+        which steps a gradient scaler where it has one; returns what the step returns."""
         return self.precision.optimizer_step(optimizer, **kwargs)
 
     def optimizer_zero_grad(self, optimizer: Optimizer, set_to_none: bool = True) -> None:
@@ -264,6 +290,10 @@ class Strategy(ABC):
         norm_type: float = 2.0,
         error_if_nonfinite: bool = True,
     ) -> torch.Tensor:
+        """``runtime.clip_gradients(max_norm=...)``: unscale the gradients (mixed precision),
+        then clip their total norm like ``torch.nn.utils.clip_grad_norm_``; returns the norm
+        before clipping. A strategy whose gradients are sharded computes the norm over every
+        shard."""
         self.precision.unscale_gradients(optimizer)
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         return torch.nn.utils.clip_grad_norm_(
@@ -273,6 +303,8 @@ class Strategy(ABC):
     def clip_gradients_value(
         self, module: nn.Module, optimizer: Optimizer, clip_val: float
     ) -> None:
+        """``runtime.clip_gradients(clip_val=...)``: unscale the gradients, then clamp each
+        element to ``[-clip_val, clip_val]`` like ``torch.nn.utils.clip_grad_value_``."""
         self.precision.unscale_gradients(optimizer)
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_value_(parameters, clip_val)
@@ -280,6 +312,9 @@ class Strategy(ABC):
     # -- collectives (identity on one process) --------------------------------------------
 
     def all_reduce(self, tensor: torch.Tensor, op: ReduceOp = "mean") -> torch.Tensor:
+        """Reduce ``tensor`` over every process with ``op`` (``"mean"``, ``"sum"``, ``"max"``,
+        ``"min"``) and return the result, the same in every process. Default (one process): the
+        tensor itself."""
         return tensor
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -287,27 +322,39 @@ class Strategy(ABC):
         return tensor.unsqueeze(0)
 
     def broadcast(self, obj: T, src: int = 0) -> T:
+        """Send the picklable ``obj`` of process ``src`` to every process; each returns it.
+        Default (one process): ``obj`` itself."""
         return obj
 
     def barrier(self, name: str | None = None) -> None:
-        pass
+        """Wait until every process has reached this point; ``name`` identifies the barrier where
+        the backend reports it. Default (one process): nothing to wait for."""
 
     # -- checkpoints ----------------------------------------------------------------------
 
     def module_state_dict(self, module: nn.Module) -> dict[str, Any]:
+        """The state dict of a set-up module as a checkpoint stores it. Default: ``state_dict()``;
+        a strategy that shards or wraps the module returns the user's keys (full, or this
+        process's shards where the strategy saves sharded checkpoints)."""
         return module.state_dict()
 
     def load_module_state_dict(
         self, module: nn.Module, state_dict: Mapping[str, Any], strict: bool = True
     ) -> None:
+        """Load what :meth:`module_state_dict` returned into a set-up module; ``strict`` as
+        ``nn.Module.load_state_dict`` has it."""
         module.load_state_dict(state_dict, strict=strict)
 
     def optimizer_state_dict(self, optimizer: Optimizer) -> dict[str, Any]:
+        """The state dict of an optimizer ``runtime.setup`` returned, as a checkpoint stores it.
+        Default: ``optimizer.state_dict()``."""
         return optimizer.state_dict()
 
     def load_optimizer_state_dict(
         self, optimizer: Optimizer, state_dict: Mapping[str, Any]
     ) -> None:
+        """Load what :meth:`optimizer_state_dict` returned into an optimizer ``runtime.setup``
+        returned."""
         optimizer.load_state_dict(dict(state_dict))
 
     def save_checkpoint(

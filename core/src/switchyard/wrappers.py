@@ -142,26 +142,38 @@ class RuntimeModule(nn.Module):
         )
 
     def register_forward_pre_hook(self, *args: Any, **kwargs: Any) -> RemovableHandle:
+        """``nn.Module.register_forward_pre_hook`` on the wrapper; calls then go through
+        ``nn.Module.__call__`` so that the hook runs."""
         self.__dict__["_direct"] = False
         return super().register_forward_pre_hook(*args, **kwargs)
 
     def register_forward_hook(self, *args: Any, **kwargs: Any) -> RemovableHandle:
+        """``nn.Module.register_forward_hook`` on the wrapper; calls then go through
+        ``nn.Module.__call__`` so that the hook runs."""
         self.__dict__["_direct"] = False
         return super().register_forward_hook(*args, **kwargs)
 
     def register_full_backward_pre_hook(self, *args: Any, **kwargs: Any) -> RemovableHandle:
+        """``nn.Module.register_full_backward_pre_hook`` on the wrapper; calls then go through
+        ``nn.Module.__call__`` so that the hook runs."""
         self.__dict__["_direct"] = False
         return super().register_full_backward_pre_hook(*args, **kwargs)
 
     def register_full_backward_hook(self, *args: Any, **kwargs: Any) -> RemovableHandle:
+        """``nn.Module.register_full_backward_hook`` on the wrapper; calls then go through
+        ``nn.Module.__call__`` so that the hook runs."""
         self.__dict__["_direct"] = False
         return super().register_full_backward_hook(*args, **kwargs)
 
     def register_backward_hook(self, *args: Any, **kwargs: Any) -> RemovableHandle:
+        """``nn.Module.register_backward_hook`` on the wrapper; calls then go through
+        ``nn.Module.__call__`` so that the hook runs."""
         self.__dict__["_direct"] = False
         return super().register_backward_hook(*args, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The strategy's module called under the precision's forward context (autocast), with
+        the inputs and outputs converted as the precision says."""
         if not self._wraps_forward:
             return self._inner(*args, **kwargs)
         convert_input = self._convert_input
@@ -173,14 +185,17 @@ class RuntimeModule(nn.Module):
         return output if convert_output is None else convert_output(output)
 
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """The user's module's ``state_dict``: its keys carry no wrapper prefix."""
         return self.module.state_dict(*args, **kwargs)
 
     def load_state_dict(
         self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
     ) -> Any:
+        """The user's module's ``load_state_dict`` (keys without a wrapper prefix)."""
         return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
 
     def train(self, mode: bool = True) -> RuntimeModule:
+        """``nn.Module.train``: the mode of the wrapper, the user's module and the strategy's."""
         # what nn.Module.train does here (the flag through __setattr__, which also sets it on
         # the original module, then the children: the strategy's module), without the
         # generic __setattr__
@@ -264,6 +279,8 @@ class RuntimeOptimizer:
             # an instance attribute before the class's: the user's optimizer's own zero_grad
             # otherwise, with nothing in between
             self.zero_grad = functools.partial(strategy.optimizer_zero_grad, optimizer)
+            """``optimizer.zero_grad()`` through :meth:`Strategy.optimizer_zero_grad`, which
+            the strategy overrides (without it, the user's optimizer's own)."""
 
     @property
     def optimizer(self) -> Optimizer:
@@ -272,6 +289,7 @@ class RuntimeOptimizer:
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
+        """The user's optimizer's parameter groups (read and set through to it)."""
         return self._optimizer.param_groups
 
     @param_groups.setter
@@ -280,6 +298,7 @@ class RuntimeOptimizer:
 
     @property
     def state(self) -> Any:
+        """The user's optimizer's per-parameter state (read and set through to it)."""
         return self._optimizer.state
 
     @state.setter
@@ -287,6 +306,8 @@ class RuntimeOptimizer:
         self._optimizer.state = value
 
     def step(self, closure: Any = None) -> Any:
+        """One optimizer step through the strategy (and so the precision's gradient scaler),
+        or the user's optimizer's own ``step`` when neither does anything around it."""
         if self._direct_step:
             if closure is None:
                 return self._optimizer.step()
@@ -295,9 +316,11 @@ class RuntimeOptimizer:
         return self._strategy.optimizer_step(self._optimizer, **kwargs)
 
     def state_dict(self) -> dict[str, Any]:
+        """The optimizer's state as the strategy saves it (full, or this process's shard)."""
         return self._strategy.optimizer_state_dict(self._optimizer)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state written by :meth:`state_dict`, through the strategy."""
         self._strategy.load_optimizer_state_dict(self._optimizer, state_dict)
 
 
@@ -316,6 +339,8 @@ class RuntimeDataLoader:
 
     @property
     def dataloader(self) -> DataLoader[Any]:
+        """The data loader the user passed to ``setup_dataloaders`` (with a distributed sampler
+        where the strategy added one)."""
         return self._dataloader
 
     @property

@@ -9,7 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from switchyard.entries import AcceleratorEntry, EnvironmentEntry, PrecisionEntry, StrategyEntry
+from switchyard.entries import (
+    AcceleratorEntry,
+    EnvironmentEntry,
+    LoggerEntry,
+    PrecisionEntry,
+    StrategyEntry,
+)
 from switchyard.hookspecs import hookimpl
 
 _PRECISIONS = "switchyard.builtin.precisions"
@@ -122,6 +128,22 @@ def switchyard_environments() -> Iterator[EnvironmentEntry]:
         factory=f"{_ENVIRONMENTS}.local:LocalEnvironment",
         description="This machine; switchyard starts the processes",
         priority=0,
+    )
+
+
+@hookimpl
+def switchyard_loggers() -> Iterator[LoggerEntry]:
+    yield LoggerEntry(
+        name="csv",
+        factory="switchyard.builtin.csv_logger:CSVLogger",
+        description="Metrics to logs/<name>/version_<n>/metrics.csv (standard library csv)",
+    )
+    yield LoggerEntry(
+        name="tensorboard",
+        factory="switchyard.builtin.tensorboard_logger:TensorBoardLogger",
+        description="Metrics as TensorBoard scalars in logs/<name>/version_<n>",
+        requires=("tensorboard",),
+        aliases=("tb",),
     )
 
 

@@ -103,6 +103,15 @@ class KitConfig:
         report: where to write the JSON report.
         timeout: seconds a strategy job may take.
         registry: the plugins to look in; default: the installed ones.
+
+    Attributes:
+        requested_precisions: the registrations of the precisions named by ``precisions``.
+        report_path: where the JSON report goes, or ``None`` for no report.
+        strategy_precision: the precision the strategy checks run in: ``32-true``, or the
+            first the strategy's entry allows when it does not allow ``32-true``.
+        hardware: the accelerator the strategy and precision checks run on: the selected one,
+            else the highest-priority usable one the strategy supports, or ``None``.
+        hardware_note: why ``hardware`` is ``None`` (no usable accelerator), else ``None``.
     """
 
     def __init__(
@@ -241,6 +250,8 @@ class KitConfig:
         return list(plugins.values())
 
     def entries_under_test(self) -> list[Registration]:
+        """Every entry registered by the plugins under test (those providing the selected
+        accelerator, strategy and precisions), of every kind: the report lists them."""
         names = {p.name for p in self.plugins_under_test()}
         return [
             r for kind in KINDS for r in self.registry.registrations(kind) if r.plugin.name in names

@@ -93,7 +93,15 @@ def _message(report: pytest.TestReport) -> str:
 
 
 class ConformanceReport:
-    """A pytest plugin object that follows the kit's checks and writes the report."""
+    """A pytest plugin object that follows the kit's checks and writes the report.
+
+    Attributes:
+        kit: the session's selection (what is checked, on which hardware).
+        path: where the JSON report is written at the end of the session, or ``None``.
+        invocation: the session's pytest arguments, recorded in the report.
+        checks: the record of each check so far, by pytest node id.
+        started: when the session started (UTC).
+    """
 
     def __init__(self, kit: KitConfig, path: Path | None, invocation: list[str]) -> None:
         self.kit = kit
@@ -152,6 +160,9 @@ class ConformanceReport:
     # -- the report -----------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
+        """The counts of passed, failed, skipped and not-run checks and the result: ``failed``
+        if any check failed, ``incomplete`` if any was skipped or not run (or none passed), else
+        ``passed``."""
         outcomes = [c.outcome for c in self.checks.values()]
         counts = {o: outcomes.count(o) for o in ("passed", "failed", "skipped", "not run")}
         if counts["failed"]:
@@ -163,6 +174,8 @@ class ConformanceReport:
         return {"result": result, "total": len(outcomes), **counts}
 
     def as_dict(self) -> dict[str, Any]:
+        """The whole report as written to :attr:`path`: the format version, the summary, the
+        versions, the platform, what was selected and every check."""
         kit = self.kit
         order = {family: index for index, family in enumerate(FAMILIES)}
         checks = sorted(self.checks.values(), key=lambda c: order.get(c.family, len(order)))

@@ -21,9 +21,9 @@ class DDPStrategy(ParallelStrategy):
         process_group_backend: default: the accelerator's (gloo on CPU, nccl on CUDA...).
         timeout: how long collectives wait for a missing peer (default: 10 minutes, or
             ``Runtime(timeout=...)``; see :class:`~switchyard.parallel.ParallelStrategy`).
-        find_unused_parameters, static_graph, bucket_cap_mb, gradient_as_bucket_view,
-        broadcast_buffers, and any other keyword: passed to
-        ``torch.nn.parallel.DistributedDataParallel`` as they are.
+        **ddp_kwargs: passed to ``torch.nn.parallel.DistributedDataParallel`` as they are
+            (``find_unused_parameters``, ``static_graph``, ``bucket_cap_mb``,
+            ``gradient_as_bucket_view``, ``broadcast_buffers``...).
     """
 
     def __init__(

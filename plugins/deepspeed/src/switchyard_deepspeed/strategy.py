@@ -128,6 +128,7 @@ class DeepSpeedStrategy(ParallelStrategy):
     ) -> None:
         super().__init__(start_method, process_group_backend, timeout)
         self.user_config = config
+        """The ``config`` argument as given (a dict, a JSON file's path, or ``None``)."""
         self.stage = stage
         self.offload_optimizer = offload_optimizer
         self.offload_parameters = offload_parameters
@@ -141,6 +142,8 @@ class DeepSpeedStrategy(ParallelStrategy):
         """The DeepSpeed config the engines are created with (built when the strategy is
         bound to the runtime's precision)."""
         self.selected_precision: Precision | None = None
+        """The precision the user selected, which DeepSpeed's config then expresses (set when
+        the strategy is bound)."""
         self._init_tracking()
 
     def _init_tracking(self) -> None:
@@ -238,10 +241,15 @@ class DeepSpeedStrategy(ParallelStrategy):
     def teardown(self) -> None:
         self._engines.clear()
         self._optimizer_engines.clear()
-        super().teardown()
         import sys
 
         comm = sys.modules.get("deepspeed.comm.comm")
+        if comm is not None and comm.is_initialized():
+            # through DeepSpeed, which also drops the groups it cached (its clone of the world
+            # group, ZeRO's partition groups): left behind, they would be handed to the next
+            # runtime's engines in this process, which then fail on a destroyed group
+            comm.destroy_process_group()
+        super().teardown()
         if comm is not None:
             # DeepSpeed's handle on the destroyed group; a later runtime in this process
             # hands it a new one

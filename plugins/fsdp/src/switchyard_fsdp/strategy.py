@@ -8,7 +8,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -141,6 +141,10 @@ class FSDPStrategy(ParallelStrategy):
             of ``shard_size``, replicate across them).
         **fully_shard_kwargs: passed to every ``fully_shard`` call (``shard_placement_fn``...).
     """
+
+    forward_is_collective: ClassVar[bool] = True
+    """Every forward all-gathers the sharded parameters: evaluation must give every process
+    the same number of batches (the base class's default, stated here because it matters)."""
 
     def __init__(
         self,

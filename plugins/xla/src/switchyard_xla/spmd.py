@@ -85,6 +85,8 @@ class XLASPMDStrategy(XLAStepStrategy):
         self.axis_names = tuple(axis_names)
         self.parameters: ParameterLayout = parameters
         self.mesh: Any = None
+        """The ``torch_xla`` device mesh over every device, built when the environment is set
+        up (``None`` before)."""
 
     def bind(
         self,

@@ -220,6 +220,7 @@ class IPEXOptimization:
 
     @hookimpl
     def switchyard_runtime_started(self, runtime: Runtime) -> None:
+        """Refuse, before any setup, a runtime IPEX cannot optimise (:meth:`problem`)."""
         problem = self.problem(runtime)
         if problem is not None:
             raise IPEXError(problem)
@@ -244,6 +245,8 @@ class IPEXOptimization:
 
     @hookimpl
     def switchyard_post_setup(self, runtime: Runtime, setup: SetupResult) -> None:
+        """Apply ``ipex.optimize`` to the set-up module and optimizer, with
+        :meth:`optimize_arguments`."""
         problem = self.problem(runtime)
         if problem is not None:
             raise IPEXError(problem)
