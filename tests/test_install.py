@@ -5,7 +5,11 @@ it installed (``switchyard plugins``, a one-process DDP run), and check that no 
 output (``build/``, ``*.egg-info``, ``dist/``) in the checkout. Installing torch takes most of the
 time of a fresh environment, so one environment gets the torch of ``requirements/dev.txt`` once
 per session and each test starts from a copy of it made of hard links: still a ``python -m venv``
-environment that holds nothing but torch, with torch in its own site-packages.
+environment that holds nothing but torch, with torch in its own site-packages. The session also
+compiles, once, the bytecode of what the tests' processes import from torch (see
+:data:`TORCH_IMPORTS`), as a default ``pip install torch`` would have. pip builds and installs
+on one core, so the first pip command of each such test (``@installs_first(...)``) runs ahead,
+:data:`INSTALLS_AHEAD` at a time, while the tests before it run; each test then checks its own.
 
 The fast tests check core's dependency hook (``core/hatch_build.py``) and build backend
 (``core/build_backend.py``) directly.
@@ -24,7 +28,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -166,30 +171,56 @@ def _torch_pin() -> str:
     raise AssertionError("requirements/dev.txt pins no torch")
 
 
-def _clean_env(venv: Path | None = None) -> dict[str, str]:
+def _clean_env(venv: Path | None = None, *, write_bytecode: bool = False) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if k not in _LEAKY and not k.startswith("SWITCHYARD_")
     }
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     env["PIP_NO_INPUT"] = "1"
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # editable imports must not write into the checkout
+    if write_bytecode:
+        del env["PYTHONDONTWRITEBYTECODE"]
     if venv is not None:
         env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 
-def _run(args: list[str | Path], venv: Path | None, timeout: float = 300, cwd: Path = ROOT) -> str:
+def _start(
+    args: list[str | Path],
+    venv: Path | None,
+    timeout: float = 300,
+    cwd: Path = ROOT,
+    *,
+    write_bytecode: bool = False,
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``args`` to the end: the finished process and the seconds it took."""
     start = time.perf_counter()
     proc = subprocess.run(
         [str(a) for a in args],
         cwd=cwd,
-        env=_clean_env(venv),
+        env=_clean_env(venv, write_bytecode=write_bytecode),
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
     )
-    took = time.perf_counter() - start
+    return proc, time.perf_counter() - start
+
+
+def _run(
+    args: list[str | Path],
+    venv: Path | None,
+    timeout: float = 300,
+    cwd: Path = ROOT,
+    *,
+    write_bytecode: bool = False,
+) -> str:
+    proc, took = _start(args, venv, timeout, cwd, write_bytecode=write_bytecode)
+    return _outcome(args, proc, took)
+
+
+def _outcome(args: list[str | Path], proc: subprocess.CompletedProcess[str], took: float) -> str:
+    """The output of a finished command, or the test fails with what it printed."""
     # shown with -rA or on failure: where the time goes
     print(f"$ {' '.join(str(a) for a in args)}  [{took:.1f}s, exit {proc.returncode}]")
     if proc.returncode != 0:
@@ -198,6 +229,14 @@ def _run(args: list[str | Path], venv: Path | None, timeout: float = 300, cwd: P
             f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         )
     return proc.stdout
+
+
+TORCH_IMPORTS = """
+import torch, torch.distributed, torch.nn.parallel
+torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)  # loads torch._dynamo and sympy
+"""
+"""What the tests' processes import from torch (``switchyard plugins``, the kit, the DDP run),
+run once in the session's environment to write its bytecode there (outside the checkout)."""
 
 
 @pytest.fixture(scope="session")
@@ -221,13 +260,15 @@ def torch_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         None,
         timeout=600,
     )
+    # --no-compile skips compiling all of torch; the processes of the tests run with
+    # PYTHONDONTWRITEBYTECODE, so each of them would compile what it imports from source again
+    _run([venv / "bin" / "python", "-c", TORCH_IMPORTS], None, cwd=venv, write_bytecode=True)
     return venv
 
 
-@pytest.fixture
-def fresh_venv(torch_venv: Path, tmp_path: Path) -> Path:
-    """A copy of ``torch_venv`` (hard links where the file system allows)."""
-    venv = tmp_path / "venv"
+def _fresh_venv(torch_venv: Path, folder: Path) -> Path:
+    """A copy of ``torch_venv`` in ``folder`` (hard links where the file system allows)."""
+    venv = folder / "venv"
 
     def link(src: str, dst: str) -> None:
         try:
@@ -236,6 +277,61 @@ def fresh_venv(torch_venv: Path, tmp_path: Path) -> Path:
             shutil.copy2(src, dst)
 
     shutil.copytree(torch_venv, venv, symlinks=True, copy_function=link)
+    return venv
+
+
+INSTALLS_AHEAD = 2
+"""First installs running at once: this machine's two cores."""
+
+Test = Callable[..., None]
+
+
+def installs_first(*pip_args: str) -> Callable[[Test], Test]:
+    """Marks a test whose first command is ``python -m pip PIP_ARGS`` in a fresh environment:
+    :func:`first_installs` runs it ahead, and the test's ``installed_venv`` is that environment
+    once it has finished."""
+
+    def mark(test: Test) -> Test:
+        test.pip_args = pip_args  # type: ignore[attr-defined]
+        return test
+
+    return mark
+
+
+FirstInstall = tuple[list[str | Path], "Future[tuple[subprocess.CompletedProcess[str], float]]"]
+
+
+@pytest.fixture(scope="module")
+def first_installs(
+    request: pytest.FixtureRequest,
+    torch_venv: Path,
+    checkout_before_installs: set[str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, tuple[Path, FirstInstall]]]:
+    """The first pip command of each selected test of this module marked ``installs_first``,
+    each in its own copy of ``torch_venv``, started in the order the tests run,
+    :data:`INSTALLS_AHEAD` at a time: by test id, the environment and the command running."""
+    pool = ThreadPoolExecutor(INSTALLS_AHEAD, thread_name_prefix="first-install")
+    started: dict[str, tuple[Path, FirstInstall]] = {}
+    for item in request.session.items:
+        pip_args = getattr(getattr(item, "function", None), "pip_args", None)
+        if pip_args is None or item.module is not request.module:
+            continue
+        venv = _fresh_venv(torch_venv, tmp_path_factory.mktemp("first-install"))
+        args: list[str | Path] = [venv / "bin" / "python", "-m", "pip", *pip_args]
+        started[item.nodeid] = (venv, (args, pool.submit(_start, args, venv)))
+    yield started
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture
+def installed_venv(
+    request: pytest.FixtureRequest, first_installs: dict[str, tuple[Path, FirstInstall]]
+) -> Path:
+    """The test's fresh environment (a copy of ``torch_venv``) after its ``installs_first``
+    command; the test fails, as any command of it would, if the command failed."""
+    venv, (args, running) = first_installs[request.node.nodeid]
+    _outcome(args, *running.result())
     return venv
 
 
@@ -267,11 +363,16 @@ def _build_output_in_checkout() -> set[str]:
     return found
 
 
+@pytest.fixture(scope="module")
+def checkout_before_installs() -> set[str]:
+    """The build output in the checkout before any install of this module (some run ahead)."""
+    return _build_output_in_checkout()
+
+
 @pytest.fixture
-def checkout_stays_clean() -> Iterator[None]:
-    before = _build_output_in_checkout()
+def checkout_stays_clean(checkout_before_installs: set[str]) -> Iterator[None]:
     yield
-    added = _build_output_in_checkout() - before
+    added = _build_output_in_checkout() - checkout_before_installs
     assert not added, f"installing wrote into the checkout: {sorted(added)}"
 
 
@@ -311,14 +412,14 @@ DDP_SCRIPT = """
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.usefixtures("checkout_stays_clean")
-def test_pip_install_core_gives_the_default_plugins_and_runs_ddp(fresh_venv, tmp_path):
-    _pip(fresh_venv, "install", "./core")
-    entries = _installed_entries(fresh_venv)
+@installs_first("install", "./core")
+def test_pip_install_core_gives_the_default_plugins_and_runs_ddp(installed_venv, tmp_path):
+    entries = _installed_entries(installed_venv)
     assert _distributions(entries) == {"switchyard", "switchyard-cpu", "switchyard-ddp"}
     assert entries["accelerator", "cpu"]["usable"]
     assert entries["strategy", "ddp"]["usable"]
 
-    python = fresh_venv / "bin" / "python"
+    python = installed_venv / "bin" / "python"
     metadata = json.loads(
         _run(
             [
@@ -327,7 +428,7 @@ def test_pip_install_core_gives_the_default_plugins_and_runs_ddp(fresh_venv, tmp
                 "import importlib.metadata as m, json; d = m.metadata('switchyard'); "
                 "print(json.dumps([d.get_all('Provides-Extra'), d.get_all('Requires-Dist')]))",
             ],
-            fresh_venv,
+            installed_venv,
         )
     )
     assert set(metadata[0]) == EXPECTED_EXTRAS
@@ -335,23 +436,23 @@ def test_pip_install_core_gives_the_default_plugins_and_runs_ddp(fresh_venv, tmp
 
     script = tmp_path / "ddp_one_process.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))
-    output = _run([python, script], fresh_venv, timeout=240)
+    output = _run([python, script], installed_venv, timeout=240)
     assert "RESULT 1 DDPStrategy True" in output, output
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.usefixtures("checkout_stays_clean")
-def test_pip_install_core_with_extras(fresh_venv, tmp_path):
-    _pip(fresh_venv, "install", "./core[fsdp]")
-    entries = _installed_entries(fresh_venv)
+@installs_first("install", "./core[fsdp]")
+def test_pip_install_core_with_extras(installed_venv, tmp_path):
+    entries = _installed_entries(installed_venv)
     assert "switchyard-fsdp" in _distributions(entries)
     assert entries["strategy", "fsdp"]["usable"]
     # the other extras resolve too; testing brings what the conformance kit needs
-    _pip(fresh_venv, "install", "./core[all,testing]")
+    _pip(installed_venv, "install", "./core[all,testing]")
     kit_help = _run(
-        [fresh_venv / "bin" / "python", "-m", "pytest", "-p", "switchyard.testing", "--help"],
-        fresh_venv,
+        [installed_venv / "bin" / "python", "-m", "pytest", "-p", "switchyard.testing", "--help"],
+        installed_venv,
         cwd=tmp_path,
     )
     assert "--switchyard-accelerator" in kit_help
@@ -360,21 +461,22 @@ def test_pip_install_core_with_extras(fresh_venv, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.usefixtures("checkout_stays_clean")
-def test_editable_install_of_core_beside_editable_plugins(fresh_venv):
-    folders = [f"./plugins/{name}" for name in PLUGIN_FOLDERS]
-    _pip(fresh_venv, "install", "-e", "./core", *(a for f in folders for a in ("-e", f)))
-    entries = _installed_entries(fresh_venv)
+@installs_first(
+    "install", "-e", "./core", *(a for name in PLUGIN_FOLDERS for a in ("-e", f"./plugins/{name}"))
+)
+def test_editable_install_of_core_beside_editable_plugins(installed_venv):
+    entries = _installed_entries(installed_venv)
     assert _distributions(entries) == {
         "switchyard",
         *(f"switchyard-{name}" for name in PLUGIN_FOLDERS),
     }
     where = _run(
         [
-            fresh_venv / "bin" / "python",
+            installed_venv / "bin" / "python",
             "-c",
             "import switchyard, switchyard_cpu; print(switchyard.__file__, switchyard_cpu.__file__)",
         ],
-        fresh_venv,
+        installed_venv,
     ).split()
     assert Path(where[-2]).is_relative_to(CORE / "src")
     assert Path(where[-1]).is_relative_to(PLUGINS / "cpu" / "src")

@@ -5,15 +5,23 @@ The broken plugins are real installed distributions (``*.dist-info`` with an ent
 written to a folder that is put on ``PYTHONPATH``, so that the kit's own processes, the
 strategy job's torchrun or spawned workers included, discover them exactly as they would a
 pip-installed plugin.
+
+A kit session takes a minute of CPU time or less, most of it in processes that leave the other
+core idle (the kit's pytest while the strategy job starts, the job's one process), so the
+sessions of the tests marked ``kit_session`` are started ahead, :data:`KIT_PARALLEL` at a time, in
+the order the tests run (:func:`kit_sessions`); each test then asserts on its own session's
+result (the ``kit`` fixture). Sessions that need a file a test writes first still run inside the
+test (``run_kit``).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +35,20 @@ KIT_TIMEOUT = 300
 kit, not this test, ends a job that hangs (and all of the job's processes with it)."""
 
 JOB_TIMEOUT = "150"
+
+KIT_PARALLEL = 2
+"""Kit sessions running at once: this machine's two cores."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "kit_session(*args, pythonpath=(), suite=None): the kit session the test asserts on, "
+        "started ahead (tests/conformance/conftest.py): `python -m pytest -p switchyard.testing "
+        "ARGS` with the folders of the fixtures named in pythonpath on PYTHONPATH, or with "
+        "suite=FOLDER, the project's own test suite in FOLDER",
+    )
+
 
 BROKEN_PLUGINS: dict[str, dict[str, str]] = {
     # distribution -> {module name: source}; the first module is the entry point
@@ -435,6 +457,24 @@ def autoloaded_extension_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+CONTRACT_PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
+"""tests/plugins: the contract plugin's package, ``switchyard_contract``."""
+
+
+@pytest.fixture(scope="session")
+def contract_site(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """``PYTHONPATH`` folders under which ``switchyard-contract`` is installed: a
+    ``*.dist-info`` with the entry point ``contract = switchyard_contract.plugin`` in a
+    temporary folder, and tests/plugins (where the package is)."""
+    root = tmp_path_factory.mktemp("contract-site")
+    distribution = "switchyard-contract"
+    info = root / f"{distribution.replace('-', '_')}-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[switchyard]\ncontract = switchyard_contract.plugin\n")
+    return [root, CONTRACT_PLUGINS]
+
+
 @dataclass
 class KitRun:
     """A finished kit session: its exit code, output and JSON report."""
@@ -476,17 +516,57 @@ PythonPath = Path | Sequence[Path] | None
 """Folders for a kit session's ``PYTHONPATH``: one, several, or none."""
 
 
-def _run_kit(
-    tmp_path: Path, *args: str, pythonpath: PythonPath = None, cwd: Path | None = None
-) -> KitRun:
-    """``python -m pytest -p switchyard.testing ARGS --switchyard-report ...`` in a clean
-    environment, the way a vendor runs the kit."""
-    report = tmp_path / "conformance.json"
-    env = child_environment(
+def _finish(
+    command: list[str],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    timeout: float,
+    running: set[subprocess.Popen[str]] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(command, capture_output=True, text=True, timeout=timeout, ...)``, with
+    the process in ``running`` while it runs, so that whoever started it ahead can stop it."""
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd
+    ) as proc:
+        if running is not None:
+            running.add(proc)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        finally:
+            if running is not None:
+                running.discard(proc)
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
+def _kit_environment(pythonpath: PythonPath) -> dict[str, str]:
+    """A clean environment for a kit session (taken in the main thread: tests change
+    ``os.environ``)."""
+    return child_environment(
         import_path=False,
         pythonpath=[pythonpath] if isinstance(pythonpath, Path) else list(pythonpath or ()),
         plugin_switches=False,
     )
+
+
+def _run_kit(
+    tmp_path: Path,
+    *args: str,
+    pythonpath: PythonPath = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    running: set[subprocess.Popen[str]] | None = None,
+) -> KitRun:
+    """``python -m pytest -p switchyard.testing ARGS --switchyard-report ...`` in a clean
+    environment (``env``, default :func:`_kit_environment`), the way a vendor runs the kit;
+    ``running``: see :func:`_finish`."""
+    report = tmp_path / "conformance.json"
+    if env is None:
+        env = _kit_environment(pythonpath)
     command = [
         sys.executable,
         "-m",
@@ -502,17 +582,86 @@ def _run_kit(
         "--switchyard-report",
         str(report),
     ]
-    proc = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=KIT_TIMEOUT,
-        env=env,
-        cwd=cwd or tmp_path,
-    )
+    proc = _finish(command, env=env, cwd=cwd or tmp_path, timeout=KIT_TIMEOUT, running=running)
     output = proc.stdout + proc.stderr
     data = json.loads(report.read_text()) if report.is_file() else {}
     return KitRun(proc.returncode, output, data)
+
+
+SUITE_TIMEOUT = 280
+"""Seconds a project's own test suite, which runs the kit, may take (``kit_session(suite=...)``)."""
+
+
+def _run_suite(
+    folder: Path, env: dict[str, str], running: set[subprocess.Popen[str]]
+) -> subprocess.CompletedProcess[str]:
+    """``python -m pytest -q`` in ``folder``, in the clean environment ``env``, as its CI runs
+    it; ``running``: see :func:`_finish`."""
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
+    return _finish(command, env=env, cwd=folder, timeout=SUITE_TIMEOUT, running=running)
+
+
+class KitSessions:
+    """The kit sessions of the selected tests marked ``kit_session``, running ahead of them."""
+
+    def __init__(self, pool: concurrent.futures.ThreadPoolExecutor) -> None:
+        self.pool = pool
+        self.started: dict[str, concurrent.futures.Future[Any]] = {}
+        self.running: set[subprocess.Popen[str]] = set()
+
+    def start(self, item: pytest.Item, tmp_path: Path, pythonpath: list[Path]) -> None:
+        marker = item.get_closest_marker("kit_session")
+        assert marker is not None
+        suite = marker.kwargs.get("suite")
+        env = _kit_environment(pythonpath)
+        if suite is not None:
+            self.started[item.nodeid] = self.pool.submit(_run_suite, suite, env, self.running)
+        else:
+            self.started[item.nodeid] = self.pool.submit(
+                _run_kit, tmp_path, *marker.args, env=env, running=self.running
+            )
+
+    def stop(self) -> None:
+        """Start no more sessions, and end those running: their tests will not run (a -x stop,
+        an interrupt)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list(self.running):
+            proc.kill()
+        self.pool.shutdown(wait=True)
+
+    def result(self, item: pytest.Item) -> Any:
+        """The finished session of ``item``: a :class:`KitRun`, or for ``suite=`` the
+        ``subprocess.CompletedProcess`` of the suite."""
+        found = self.started.get(item.nodeid)
+        assert found is not None, f"{item.nodeid} has no kit_session marker"
+        return found.result()
+
+
+@pytest.fixture(scope="session")
+def kit_sessions(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KitSessions]:
+    """Starts, at the first test that asks for one, the sessions of every selected test marked
+    ``kit_session``, in the order the tests run, :data:`KIT_PARALLEL` at a time."""
+    pool = concurrent.futures.ThreadPoolExecutor(KIT_PARALLEL, thread_name_prefix="kit-session")
+    sessions = KitSessions(pool)
+    for item in request.session.items:
+        marker = item.get_closest_marker("kit_session")
+        if marker is None:
+            continue
+        names = marker.kwargs.get("pythonpath", ())
+        pythonpath = [request.getfixturevalue(name) for name in names]
+        # fixtures naming several folders (contract_site) are flattened in their order
+        folders = [f for p in pythonpath for f in (p if isinstance(p, list) else [p])]
+        sessions.start(item, tmp_path_factory.mktemp("kit-session"), folders)
+    yield sessions
+    sessions.stop()
+
+
+@pytest.fixture
+def kit(request: pytest.FixtureRequest, kit_sessions: KitSessions) -> Any:
+    """The finished kit session of this test's ``kit_session`` marker (a :class:`KitRun`)."""
+    return kit_sessions.result(request.node)
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ names the problem, while the checks the bug does not touch pass:
 * autocast that covers the bare matrix product only (``matmul_autocast_cpu``);
 * discovery measured without torch's device-extension autoload (``fakedev``).
 
-Most runs select only the checks concerned with ``-k``, so that no strategy job starts.
+Most runs select only the checks concerned with ``-k``, so that no strategy job starts. The
+sessions that need no file written by the test are started ahead (``kit_session``, conftest.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ pytestmark = pytest.mark.slow
 RunKit = Callable[..., Any]
 """The ``run_kit`` fixture (tests/conformance/conftest.py), returning a ``KitRun``."""
 
+KitRun = Any
+"""The ``kit`` fixture's ``KitRun`` (tests/conformance/conftest.py)."""
+
 NO_CAPABILITY_CHECKS = '''
     """A pytest plugin for the kit's session that switches off selection's check of what the
     accelerator declares (a regression of core), so that only the strategies' own checks and the
@@ -38,18 +42,18 @@ NO_CAPABILITY_CHECKS = '''
 '''
 
 
+@pytest.mark.kit_session(
+    "--switchyard-accelerator",
+    "hardwired_nccl_cpu",
+    "--switchyard-strategy",
+    "ddp",
+    "-k",
+    "auto_devices or availability or parse_devices or refused",
+    pythonpath=["broken_site"],
+)
 def test_hard_coded_backend_fails_auto_devices_and_the_refusal_without_backend(
-    run_kit: RunKit, broken_site: Path
+    kit: KitRun,
 ) -> None:
-    kit = run_kit(
-        "--switchyard-accelerator",
-        "hardwired_nccl_cpu",
-        "--switchyard-strategy",
-        "ddp",
-        "-k",
-        "auto_devices or availability or parse_devices or refused",
-        pythonpath=broken_site,
-    )
     assert kit.returncode == 1, kit.output
     # devices="auto" means two devices, whose processes the backend could not connect
     assert kit.outcome("accelerator.auto_devices") == "failed"
@@ -103,11 +107,16 @@ def test_sharded_strategy_accepted_where_sharding_is_absent_fails(
     assert "declares no process group backend" in refusal["refusal"]
 
 
+# only the strategy checks, all that is asserted on: no discovery process
 @pytest.mark.distributed
-def test_strategy_that_leaves_the_optimizer_on_replaced_parameters_fails(
-    run_kit: RunKit, broken_site: Path
-) -> None:
-    kit = run_kit("--switchyard-strategy", "copying_single_device", pythonpath=broken_site)
+@pytest.mark.kit_session(
+    "--switchyard-strategy",
+    "copying_single_device",
+    "-k",
+    "strategy.py",
+    pythonpath=["broken_site"],
+)
+def test_strategy_that_leaves_the_optimizer_on_replaced_parameters_fails(kit: KitRun) -> None:
     assert kit.returncode == 1, kit.output
     check = "strategy.optimizer_steps_the_module_parameters"
     assert kit.outcome(check) == "failed"
@@ -122,16 +131,14 @@ def test_strategy_that_leaves_the_optimizer_on_replaced_parameters_fails(
         assert kit.outcome(name) == "passed", kit.output
 
 
-def test_device_generator_that_seeding_does_not_reach_fails(
-    run_kit: RunKit, broken_site: Path
-) -> None:
-    kit = run_kit(
-        "--switchyard-accelerator",
-        "unseeded_cpu",
-        "-k",
-        "seeding or synchronize or availability",
-        pythonpath=broken_site,
-    )
+@pytest.mark.kit_session(
+    "--switchyard-accelerator",
+    "unseeded_cpu",
+    "-k",
+    "seeding or synchronize or availability",
+    pythonpath=["broken_site"],
+)
+def test_device_generator_that_seeding_does_not_reach_fails(kit: KitRun) -> None:
     assert kit.returncode == 1, kit.output
     assert kit.outcome("accelerator.seeding") == "failed"
     message = kit.message("accelerator.seeding")
@@ -142,16 +149,14 @@ def test_device_generator_that_seeding_does_not_reach_fails(
     assert kit.outcome("accelerator.availability") == "passed"
 
 
-def test_autocast_that_covers_only_the_matrix_product_fails(
-    run_kit: RunKit, broken_site: Path
-) -> None:
-    kit = run_kit(
-        "--switchyard-accelerator",
-        "matmul_autocast_cpu",
-        "-k",
-        "accelerator.py and autocast",
-        pythonpath=broken_site,
-    )
+@pytest.mark.kit_session(
+    "--switchyard-accelerator",
+    "matmul_autocast_cpu",
+    "-k",
+    "accelerator.py and autocast",
+    pythonpath=["broken_site"],
+)
+def test_autocast_that_covers_only_the_matrix_product_fails(kit: KitRun) -> None:
     assert kit.returncode == 1, kit.output
     for name, dtype in (("bf16-mixed", "bfloat16"), ("16-mixed", "float16")):
         check = f"accelerator.autocast[{name}]"
@@ -169,18 +174,16 @@ def test_autocast_that_covers_only_the_matrix_product_fails(
         }
 
 
-def test_discovery_is_measured_without_torch_extension_autoload(
-    run_kit: RunKit, autoloaded_extension_site: Path
-) -> None:
-    # `import torch` autoloads fakedev_runtime wherever the folder is on the path: measured with
-    # autoload on, the runtime the plugin imports at discovery would hide in the baseline
-    kit = run_kit(
-        "--switchyard-accelerator",
-        "fakedev",
-        "-k",
-        "discovery",
-        pythonpath=autoloaded_extension_site,
-    )
+# `import torch` autoloads fakedev_runtime wherever the folder is on the path: measured with
+# autoload on, the runtime the plugin imports at discovery would hide in the baseline
+@pytest.mark.kit_session(
+    "--switchyard-accelerator",
+    "fakedev",
+    "-k",
+    "discovery",
+    pythonpath=["autoloaded_extension_site"],
+)
+def test_discovery_is_measured_without_torch_extension_autoload(kit: KitRun) -> None:
     assert kit.returncode == 1, kit.output
     check = "entries.discovery_is_light[fakedev]"
     assert kit.outcome(check) == "failed"

@@ -7,7 +7,8 @@ optimizer step (as DeepSpeed does). tests/test_contracts.py shows the same contr
 The plugin is installed as a distribution: a ``*.dist-info`` with the entry point
 ``contract = switchyard_contract.plugin`` in a temporary folder, which goes on ``PYTHONPATH``
 with ``tests/plugins`` (where the package is), so that the kit's processes and its strategy
-job's discover it as they would a pip-installed plugin.
+job's discover it as they would a pip-installed plugin (the ``contract_site`` fixture of
+conftest.py, which also starts the ``kit_session`` of each test ahead).
 """
 
 from __future__ import annotations
@@ -23,10 +24,8 @@ pytestmark = pytest.mark.slow
 
 RunKit = Callable[..., Any]
 
-PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
-"""tests/plugins: the contract plugin's package, ``switchyard_contract``."""
-
 DISTRIBUTION = "switchyard-contract"
+"""What conftest.py's ``contract_site`` installs."""
 
 NO_REPOINTING = '''
     """A pytest plugin for the kit's session that stops the runtime from re-pointing optimizers
@@ -37,32 +36,19 @@ NO_REPOINTING = '''
 '''
 
 
-@pytest.fixture(scope="module")
-def contract_site(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """``PYTHONPATH`` folders under which ``switchyard-contract`` is installed."""
-    root = tmp_path_factory.mktemp("contract-site")
-    info = root / f"{DISTRIBUTION.replace('-', '_')}-0.1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {DISTRIBUTION}\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text("[switchyard]\ncontract = switchyard_contract.plugin\n")
-    return [root, PLUGINS]
-
-
 def _plugins(kit: Any) -> dict[str, Any]:
     return {p["name"]: p["distribution"] for p in kit.report["plugins"]}
 
 
 @pytest.mark.distributed
-def test_accelerator_whose_moves_replace_parameters_passes(
-    run_kit: RunKit, contract_site: list[Path]
-) -> None:
-    kit = run_kit(
-        "--switchyard-accelerator",
-        "fresh_params_cpu",
-        "--switchyard-strategy",
-        "single_device",
-        pythonpath=contract_site,
-    )
+@pytest.mark.kit_session(
+    "--switchyard-accelerator",
+    "fresh_params_cpu",
+    "--switchyard-strategy",
+    "single_device",
+    pythonpath=["contract_site"],
+)
+def test_accelerator_whose_moves_replace_parameters_passes(kit: Any) -> None:
     kit.assert_conformant()  # as test_first_party.py's assert_conformant
     checks = kit.checks()
     assert {c["family"] for c in checks.values()} == {
@@ -91,10 +77,8 @@ def test_accelerator_whose_moves_replace_parameters_passes(
 
 
 @pytest.mark.distributed
-def test_strategy_whose_engine_owns_the_step_passes(
-    run_kit: RunKit, contract_site: list[Path]
-) -> None:
-    kit = run_kit("--switchyard-strategy", "engine", pythonpath=contract_site)
+@pytest.mark.kit_session("--switchyard-strategy", "engine", pythonpath=["contract_site"])
+def test_strategy_whose_engine_owns_the_step_passes(kit: Any) -> None:
     kit.assert_conformant()  # as test_first_party.py's assert_conformant
     report = kit.report
     assert _plugins(kit) == {"contract": DISTRIBUTION}

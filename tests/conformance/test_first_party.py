@@ -1,16 +1,14 @@
 """Every first-party plugin passes the conformance kit, for real: the CPU accelerator, core's
-single_device strategy, and DDP on two processes. Each new plugin adds its run here."""
+single_device strategy, and DDP on two processes. Each new plugin adds its run here (a
+``kit_session`` marker: conftest.py starts the session ahead)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.slow
-
-RunKit = Callable[..., Any]
 
 
 def assert_conformant(kit: Any) -> None:
@@ -18,15 +16,15 @@ def assert_conformant(kit: Any) -> None:
 
 
 @pytest.mark.distributed
-def test_cpu_accelerator_and_ddp_on_two_processes(run_kit: RunKit) -> None:
-    kit = run_kit(
-        "--switchyard-accelerator",
-        "cpu",
-        "--switchyard-strategy",
-        "ddp",
-        "--switchyard-devices",
-        "2",
-    )
+@pytest.mark.kit_session(
+    "--switchyard-accelerator",
+    "cpu",
+    "--switchyard-strategy",
+    "ddp",
+    "--switchyard-devices",
+    "2",
+)
+def test_cpu_accelerator_and_ddp_on_two_processes(kit: Any) -> None:
     assert_conformant(kit)
     checks = kit.checks()
     families = {c["family"] for c in checks.values()}
@@ -71,8 +69,8 @@ def test_cpu_accelerator_and_ddp_on_two_processes(run_kit: RunKit) -> None:
 
 
 @pytest.mark.distributed
-def test_single_device_strategy(run_kit: RunKit) -> None:
-    kit = run_kit("--switchyard-strategy", "single_device")
+@pytest.mark.kit_session("--switchyard-strategy", "single_device")
+def test_single_device_strategy(kit: Any) -> None:
     assert_conformant(kit)
     assert kit.report["selected"]["strategy_processes"] == 1
     # the strategy's plugin is core's built-in one: all of its entries are checked

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from switchyard.registry import PluginRegistry
-from switchyard.testing.subprocesses import child_environment
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "examples" / "plugin-template"
 
@@ -48,15 +46,10 @@ def test_installed_from_its_folder_and_found_through_its_entry_point(
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_template_test_suite_passes_the_kit(template: importlib.metadata.Distribution) -> None:
-    env = child_environment(import_path=False, plugin_switches=False)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        cwd=TEMPLATE,
-        env=env,
-    )
+@pytest.mark.kit_session(suite=TEMPLATE)  # `python -m pytest -q` there, started ahead
+def test_template_test_suite_passes_the_kit(
+    template: importlib.metadata.Distribution, kit: subprocess.CompletedProcess[str]
+) -> None:
+    proc = kit
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "test_conformance" in proc.stdout or "passed" in proc.stdout
