@@ -10,6 +10,8 @@ and whether the strategy replaces a step method), not asked again on every call.
 from __future__ import annotations
 
 import functools
+import sys
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -105,6 +107,7 @@ class RuntimeModule(nn.Module):
         self.__dict__["_original_module"] = original_module
         self.__dict__["_inner"] = forward_module
         self.__dict__["_direct"] = True
+        self.__dict__["_warned_sharded_state"] = False
         self.__dict__["_initialized"] = True
 
     @property
@@ -185,8 +188,18 @@ class RuntimeModule(nn.Module):
         return output if convert_output is None else convert_output(output)
 
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
-        """The user's module's ``state_dict``: its keys carry no wrapper prefix."""
-        return self.module.state_dict(*args, **kwargs)
+        """The user's module's ``state_dict``: its keys carry no wrapper prefix.
+
+        Under a strategy that shards (FSDP), its values are this process's shards: a
+        ``torch.save(model.state_dict(), path)`` written by the script itself would hold a
+        fraction of the model, so the first such call from outside torch and switchyard warns
+        (``runtime.save`` writes the whole checkpoint)."""
+        state = self.module.state_dict(*args, **kwargs)
+        if not self._warned_sharded_state and isinstance(state, Mapping):
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if not caller.startswith(("torch.", "switchyard")):
+                _warn_if_sharded(self, state)
+        return state
 
     def load_state_dict(
         self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
@@ -369,3 +382,20 @@ class RuntimeDataLoader:
         if name == "_dataloader":
             raise AttributeError(name)
         return getattr(self._dataloader, name)
+
+
+def _warn_if_sharded(module: RuntimeModule, state: Mapping[str, Any]) -> None:
+    from switchyard.checkpoint import sharded_tensor_entries
+
+    sharded = sharded_tensor_entries(state)
+    if not sharded:
+        return
+    module.__dict__["_warned_sharded_state"] = True
+    warnings.warn(
+        f"model.state_dict() holds this process's shards only ({len(sharded)} "
+        f"sharded value(s), e.g. {sharded[0][0]}): torch.save of it writes part of the model. "
+        "Save through runtime.save(path, {'model': model}) (every process calls it), which "
+        "writes the whole model",
+        UserWarning,
+        stacklevel=3,
+    )

@@ -383,3 +383,23 @@ def test_optimizer_state_dict_key_conversion_round_trips():
     }
     assert fsdp_checkpoint.keyed_by_index(indexed)
     assert not fsdp_checkpoint.keyed_by_index(named)
+
+
+def test_the_scripts_own_state_dict_of_a_sharded_module_warns_once_and_runtime_save_does_not(
+    tmp_path: Path,
+) -> None:
+    """A script's own ``torch.save(model.state_dict(), path)`` under FSDP saves this process's
+    shards only; the first such call warns, and the strategy's own saving does not."""
+    import warnings
+
+    runtime = Runtime(accelerator="cpu", strategy="fsdp", devices=1)
+    runtime.launch()
+    model = runtime.setup(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)))
+    with pytest.warns(UserWarning, match=r"shards only .* runtime\.save"):
+        state = model.state_dict()
+    assert set(state) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.state_dict()  # once is enough
+        runtime.save(tmp_path / "checkpoint", {"model": model})
+    runtime.teardown()
