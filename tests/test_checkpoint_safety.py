@@ -894,23 +894,44 @@ def _check_json_refusal(case: Case, result: dict[str, Any]) -> None:
     assert not result.get("marker")
 
 
-def _deepspeed_job(strategy: str, out: Path, *args: str) -> None:
-    """One DeepSpeed job, not capped by :data:`JOB_MEMORY_LIMIT`: its engine's set-up fails
-    under an address-space limit (even 16 GiB: its 2 GB buffers come on top of DeepSpeed's own
-    mappings). The memo bomb is still safe there: the plugin scans every file with core's
-    ``inspect_pickle``, which unpickles nothing, before DeepSpeed reads it."""
+def _deepspeed_job(strategy: str, out: Path, *args: str) -> Any:
+    """Start one DeepSpeed job; returns the future of its ``Finished`` record. Not capped by
+    :data:`JOB_MEMORY_LIMIT`: its engine's set-up fails under an address-space limit (even
+    16 GiB: its 2 GB buffers come on top of DeepSpeed's own mappings). The memo bomb is still
+    safe there: the plugin scans every file with core's ``inspect_pickle``, which unpickles
+    nothing, before DeepSpeed reads it."""
     nproc = str(_strategies.STRATEGIES[strategy]["devices"])
     script = str(SCRIPTS / "deepspeed_job.py")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", nproc]
     command += ["--standalone", script, strategy, str(out), *args]
-    finished = run(
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    future = pool.submit(
+        run,
         command,
         timeout=JOB_TIMEOUT,
         log=out / f"{strategy}-{args[0]}.log",
         env=child_environment({"OMP_NUM_THREADS": "1"}),
         cwd=SCRIPTS,
     )
+    pool.shutdown(wait=False)
+    return future
+
+
+def _check_deepspeed_job(future: Any) -> None:
+    finished = future.result()
     assert finished.returncode == 0, f"{finished.describe()}:\n{finished.tail(60)}"
+
+
+def _wait_for_deepspeed_reports(future: Any, out: Path, strategy: str, action: str) -> None:
+    """Until every process of the job wrote its ``action`` report (or the job ended)."""
+    deadline = time.monotonic() + JOB_TIMEOUT
+    for rank in range(_strategies.STRATEGIES[strategy]["devices"]):
+        report = out / f"{strategy}-{action}.{rank}.json"
+        while not report.exists():
+            if future.done() or time.monotonic() > deadline:
+                _check_deepspeed_job(future)
+                pytest.fail(f"{strategy} wrote no {report.name}")
+            time.sleep(0.05)
 
 
 @pytest.mark.distributed
@@ -934,31 +955,37 @@ def test_every_deepspeed_checkpoint_file_crafted_runs_no_payload_and_is_named(
     throwaway process unpickles it the unsafe way (the positive control)."""
     out = tmp_path / "out"
     out.mkdir()
-    _deepspeed_job(strategy, out, "generate")
-    source = out / strategy / "ckpt"
-    files = sorted(str(p.relative_to(source)) for p in source.rglob("*") if p.is_file())
-    engine_files = [f for f in files if f.startswith("engine0/")]
-    assert "state.pt" in files, files
-    assert "switchyard-deepspeed.json" in files, files
-    assert any(f.endswith("_optim_states.pt") for f in engine_files), files
-    assert any(f.endswith("_model_states.pt") for f in engine_files), files
+    # one job: it generates the checkpoint, waits for the crafted cases, loads them
+    job = _deepspeed_job(strategy, out, "both", str(out / "cases.json"), str(out / "control.json"))
+    _wait_for_deepspeed_reports(job, out, strategy, "generate")
+    try:
+        source = out / strategy / "ckpt"
+        files = sorted(str(p.relative_to(source)) for p in source.rglob("*") if p.is_file())
+        engine_files = [f for f in files if f.startswith("engine0/")]
+        assert "state.pt" in files, files
+        assert "switchyard-deepspeed.json" in files, files
+        assert any(f.endswith("_optim_states.pt") for f in engine_files), files
+        assert any(f.endswith("_model_states.pt") for f in engine_files), files
 
-    crafter = Crafter(tmp_path / "crafted")
-    crafter.craft_deepspeed(source, ("model", "optimizer"))
-    assert crafter.unknown == [], f"no crafting rule for {crafter.unknown}"
-    crafted_files = {str(c.file.relative_to(c.path)) for c in crafter.cases}
-    assert crafted_files == set(files) - {"zero_to_torch.py", "zero_to_fp32.py"}
-    cases = [
-        {"name": c.name, "path": str(c.path), "marker": str(c.marker or ""), "keys": c.keys}
-        for c in crafter.cases
-    ]
-    control = crafter.root / "control"
-    control.mkdir()
-    payloads = [c for c in crafter.cases if c.kind == "payload"]
-    unsafe = [{"file": str(c.file), "unsafe": c.unsafe} for c in payloads]
-    (out / "cases.json").write_text(json.dumps(cases))
-    (out / "control.json").write_text(json.dumps({"markers": str(control), "cases": unsafe}))
-    _deepspeed_job(strategy, out, "load", str(out / "cases.json"), str(out / "control.json"))
+        crafter = Crafter(tmp_path / "crafted")
+        crafter.craft_deepspeed(source, ("model", "optimizer"))
+        assert crafter.unknown == [], f"no crafting rule for {crafter.unknown}"
+        crafted_files = {str(c.file.relative_to(c.path)) for c in crafter.cases}
+        assert crafted_files == set(files) - {"zero_to_torch.py", "zero_to_fp32.py"}
+        cases = [
+            {"name": c.name, "path": str(c.path), "marker": str(c.marker or ""), "keys": c.keys}
+            for c in crafter.cases
+        ]
+        control = crafter.root / "control"
+        control.mkdir()
+        payloads = [c for c in crafter.cases if c.kind == "payload"]
+        unsafe = [{"file": str(c.file), "unsafe": c.unsafe} for c in payloads]
+        (out / "control.json").write_text(json.dumps({"markers": str(control), "cases": unsafe}))
+        _write_atomically(out / "cases.json", json.dumps(cases))  # the job waits for it
+    finally:
+        if not (out / "cases.json").exists():  # a check above failed: let the job end now
+            _write_atomically(out / "cases.json", "[]")
+    _check_deepspeed_job(job)
 
     ranks = [
         json.loads((out / f"{strategy}-load.{r}.json").read_text())

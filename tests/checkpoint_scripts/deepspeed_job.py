@@ -8,6 +8,10 @@ scripts/test-deepspeed.
     deepspeed_job.py STRATEGY OUT load CASES.json CONTROL.json
         loads every case with runtime.load into a fresh engine (checkpoint_job.load), then rank
         zero runs each payload CONTROL.json lists the unsafe way: the positive control.
+    deepspeed_job.py STRATEGY OUT both CASES.json CONTROL.json
+        generate, then wait (bounded) for the test to write CASES.json (after CONTROL.json) from
+        the checkpoint, then load and run the control: one job start instead of two (DeepSpeed's
+        imports cost a process about 15 s of CPU on 2 cores).
 
 Each process writes OUT/STRATEGY-ACTION.RANK.json, as checkpoint_job.py does.
 """
@@ -19,7 +23,7 @@ import sys
 from pathlib import Path
 
 import torch
-from checkpoint_job import control, load, save_report, trained
+from checkpoint_job import control, load, save_report, trained, wait_for
 from strategies import runtime_kwargs
 
 from switchyard import Runtime
@@ -32,14 +36,16 @@ def main() -> None:
     torch.set_num_threads(1)
     target = out / name
     target.mkdir(parents=True, exist_ok=True)
-    if action == "generate":
+    if action in ("generate", "both"):
         model, optimizer = trained(runtime)
         state = {"model": model, "optimizer": optimizer, "step": 3, "sched": {"lr": 0.5}}
         runtime.save(target / "ckpt", state)
-        save_report(out, name, action, runtime, {})
-        return
+        save_report(out, name, "generate", runtime, {})
+        if action == "generate":
+            return
+    wait_for(Path(sys.argv[4]))
     cases = json.loads(Path(sys.argv[4]).read_text())
-    save_report(out, name, action, runtime, load(runtime, cases))
+    save_report(out, name, "load", runtime, load(runtime, cases))
     runtime.barrier()
     if runtime.global_rank == 0:
         control(Path(sys.argv[5]))

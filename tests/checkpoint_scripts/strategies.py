@@ -26,6 +26,10 @@ _DEEPSPEED_MODULES = (
     "deepspeed",
     "switchyard_deepspeed.strategy",
     "switchyard_deepspeed.checkpoint",
+    # imported by the first deepspeed.initialize of a process (ZeRO's optimizer check): it
+    # compiles Muon's kernels with torch.compile, which imports torch's inductor (8 s of CPU
+    # per process on 2 cores); imported once in the kill suite's zygote instead of per job
+    "deepspeed.runtime.zero.muon.muon_optimizer",
 )
 
 STRATEGIES: dict[str, dict[str, Any]] = {

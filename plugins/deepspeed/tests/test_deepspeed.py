@@ -8,8 +8,9 @@ with DeepSpeed's CPU Adam against a single-process reference, bf16-mixed under Z
 from the config returned by ``runtime.setup(model)``, a ZeRO-3 checkpoint round trip, ZeRO-2 and
 ZeRO-3 checkpoints of 2 processes resumed in 1, the consolidated export (by the plugin, and by
 core's ``checkpoint.load`` and ``switchyard consolidate`` through
-``switchyard_checkpoint_formats``), and core's conformance kit on ZeRO 1, 2 and 3. Each stage's processes are started once (module-scoped fixtures) and serve every check of
-that stage.
+``switchyard_checkpoint_formats``), and core's conformance kit on ZeRO 1, 2 and 3. Each job
+runs once and serves every check of its run (:class:`Jobs`, module-scoped), and the jobs of the
+selected tests start ahead, two at a time, while the earlier tests assert on theirs.
 
 The real-process tests need DeepSpeed, which the main environment does not hold: run them with
 ``scripts/test-deepspeed`` (its own environment, requirements/engine-deepspeed.txt).
@@ -24,6 +25,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -205,15 +207,172 @@ def reference() -> list[float]:
     return reference_losses()
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    cache: dict[tuple[str, str], tuple[Path, dict[str, Any]]] = {}
+CONCURRENT_JOBS = 2
+"""Jobs run at once by :class:`Jobs`. A job is mostly start-up (torchrun's agent importing
+torch, each process importing torch and DeepSpeed, DeepSpeed's first engine importing torch's
+compiler): about one core busy on average, so two at once keep 2 cores busy."""
 
+
+def _conformance(out: Path, stage: int) -> tuple[subprocess.CompletedProcess[str], Path]:
+    strategy = f"deepspeed_stage_{stage}"
+    report = out / "report.json"
+    command = [
+        *(sys.executable, "-m", "switchyard", "conformance", "--accelerator", "cpu"),
+        *("--strategy", strategy, "--devices", "2", "--report", str(report)),
+    ]
+    # outside the checkout, so that its pytest configuration stays out of the kit's session
+    result = subprocess.run(
+        command,
+        cwd=out,
+        env=child_environment({"OMP_NUM_THREADS": "1"}),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    return result, report
+
+
+class Jobs:
+    """The real-process jobs of the selected tests, each run once (several tests assert on one
+    job's report) and all started ahead, :data:`CONCURRENT_JOBS` at a time in the order of the
+    tests, so that each test mostly finds its job done. A job's failure is raised in every test
+    that asserts on it, with the job's own message (its command and output)."""
+
+    def __init__(self, factory: pytest.TempPathFactory) -> None:
+        self.factory = factory
+        self.pool = ThreadPoolExecutor(CONCURRENT_JOBS, thread_name_prefix="ds-job")
+        self.futures: dict[tuple[Any, ...], Future[Any]] = {}
+
+    def start(self, key: tuple[Any, ...]) -> Future[Any]:
+        if key not in self.futures:
+            if key[0] == "resume":  # the checkpoints of the train jobs, started first
+                for stage in key[1:]:
+                    self.start(("train", f"deepspeed_stage_{stage}", "32-true"))
+            if key[0] == "consolidate-cli":
+                self.start(("train", "deepspeed_stage_3", "32-true"))
+            # made here, in the test's thread: pytest's numbered folders are not made for threads
+            out = self.factory.mktemp("-".join(str(part) for part in key))
+            self.futures[key] = self.pool.submit(self._run, key, out)
+        return self.futures[key]
+
+    def result(self, key: tuple[Any, ...]) -> Any:
+        return self.start(key).result()
+
+    def resumed(self, stage: int) -> dict[str, Any]:
+        """The report of the 1-process job's resume of ZeRO-``stage``'s checkpoint. One job
+        resumes every selected stage, each under a runtime of its own, one after the other."""
+        key = next((k for k in self.futures if k[0] == "resume" and stage in k[1:]), None)
+        return self.result(key or ("resume", stage))[stage]  # type: ignore[no-any-return]
+
+    def _run(self, key: tuple[Any, ...], out: Path) -> Any:
+        kind, *args = key
+        if kind == "train":
+            strategy, precision = args
+            return out, _torchrun(out, strategy, precision)
+        if kind == "resume":
+            pairs = []
+            for stage in args:
+                trained, _ = self.result(("train", f"deepspeed_stage_{stage}", "32-true"))
+                pairs += [f"deepspeed_stage_{stage}", str(trained / "checkpoint")]
+            _torchrun(out, pairs[0], "32-true", "resume", *pairs[1:], processes=1)
+            return {
+                stage: json.loads(
+                    (out / f"deepspeed_stage_{stage}-32-true-resume.json").read_text()
+                )
+                for stage in args
+            }
+        if kind == "config-optimizer":
+            return _torchrun(out, "deepspeed_stage_2", "32-true", "config-optimizer")
+        if kind == "refused-16-mixed":
+            return _torchrun(out, "deepspeed_stage_2", "16-mixed", expect_failure=True)
+        if kind == "conformance":
+            return _conformance(out, *args)
+        if kind == "consolidate-cli":  # switchyard consolidate of the ZeRO-3 checkpoint
+            trained, _ = self.result(("train", "deepspeed_stage_3", "32-true"))
+            destination = out / "full.pt"
+            command = [sys.executable, "-m", "switchyard", "consolidate"]
+            result = subprocess.run(
+                [*command, str(trained / "checkpoint"), str(destination)],
+                cwd=out,
+                env=child_environment({"OMP_NUM_THREADS": "1"}),
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            return result, destination
+        raise AssertionError(f"no job {key!r}")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _fp16_supported() -> bool:
+    from deepspeed.accelerator import get_accelerator
+
+    return bool(get_accelerator().is_fp16_supported())
+
+
+def _jobs_of(item: pytest.Item) -> list[tuple[Any, ...]]:
+    """The jobs a test of this module asserts on (none for the in-process tests and for tests
+    that will skip)."""
+    name = getattr(item, "originalname", item.name)
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    stage3 = ("train", "deepspeed_stage_3", "32-true")
+    if name == "test_zero_losses_match_a_single_process_reference":
+        return [("train", f"deepspeed_stage_{params['stage']}", "32-true")]
+    if name == "test_offload_variants_keep_optimizer_state_on_the_cpu_and_match":
+        return [("train", params["strategy"], "32-true")]
+    if name == "test_checkpoint_of_2_processes_resumes_in_1":
+        return [("resume", params["stage"])]
+    if name == "test_config_optimizer_and_scheduler_come_back_from_setup":
+        return [("config-optimizer",)]
+    if name == "test_16_mixed_is_refused_where_deepspeed_has_no_fp16":
+        return [] if _fp16_supported() else [("refused-16-mixed",)]
+    if name == "test_16_mixed_under_zero2_trains_with_loss_scaling":
+        return [("train", "deepspeed_stage_2", "16-mixed")] if _fp16_supported() else []
+    if name == "test_bf16_mixed_under_zero2_trains_with_documented_dtypes":
+        return [("train", "deepspeed_stage_2", "bf16-mixed")]
+    if name == "test_core_load_and_consolidate_read_a_deepspeed_checkpoint":
+        return [stage3, ("consolidate-cli",)]
+    if name in (
+        "test_zero3_checkpoint_resumes_with_identical_losses",
+        "test_consolidated_export_loads_into_a_plain_module",
+        "test_crafted_pickle_in_a_shard_is_refused_without_running",
+    ):
+        return [stage3]
+    if name == "test_zero3_nvme_offload":
+        has_aio = ctypes.util.find_library("aio") is not None
+        return [("train", "deepspeed_stage_3_offload_nvme", "32-true")] if has_aio else []
+    if name == "test_conformance_kit_passes":
+        return [("conformance", params["stage"])]
+    return []
+
+
+@pytest.fixture(scope="module")
+def jobs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    started = Jobs(tmp_path_factory)
+    keys = [
+        key
+        for item in request.session.items
+        if item.module is request.module
+        for key in _jobs_of(item)
+    ]
+    # the selected resumes in one job, where the first of them is
+    resumes = tuple(sorted(key[1] for key in keys if key[0] == "resume"))
+    first = next((i for i, key in enumerate(keys) if key[0] == "resume"), None)
+    keys = [key for key in keys if key[0] != "resume"]
+    if first is not None:
+        keys.insert(first, ("resume", *resumes))
+    for key in keys:
+        started.start(key)
+    yield started
+    started.close()
+
+
+@pytest.fixture(scope="module")
+def runs(jobs: Jobs) -> Any:
     def run(strategy: str, precision: str = "32-true") -> tuple[Path, dict[str, Any]]:
-        if (strategy, precision) not in cache:
-            out = tmp_path_factory.mktemp(f"{strategy}-{precision}")
-            cache[strategy, precision] = out, _torchrun(out, strategy, precision)
-        return cache[strategy, precision]
+        return jobs.result(("train", strategy, precision))  # type: ignore[no-any-return]
 
     return run
 
@@ -266,18 +425,13 @@ def test_offload_variants_keep_optimizer_state_on_the_cpu_and_match(runs, refere
 @pytest.mark.slow
 @slow_first_run
 @pytest.mark.parametrize("stage", [2, 3])
-def test_checkpoint_of_2_processes_resumes_in_1(runs, tmp_path, stage):
+def test_checkpoint_of_2_processes_resumes_in_1(runs, jobs, stage):
     """ZeRO's shards are cut for 2 processes; one process loads them through DeepSpeed's
-    universal format, converted beside the checkpoint and removed after."""
-    out, report = runs(f"deepspeed_stage_{stage}")
-    resumed = _torchrun(
-        tmp_path,
-        f"deepspeed_stage_{stage}",
-        "32-true",
-        "resume",
-        str(out / "checkpoint"),
-        processes=1,
-    )
+    universal format, converted beside the checkpoint and removed after. The stages are resumed
+    by one process, one runtime after the other: a runtime created after another was torn down
+    in the same process trains too (DeepSpeed's cached process groups are dropped with it)."""
+    _, report = runs(f"deepspeed_stage_{stage}")
+    resumed = jobs.resumed(stage)
     assert resumed["world_size"] == 1
     assert resumed["resumed_step"] == SAVE_AT
     # the same training, one process on the whole batches: float32 summation order only
@@ -291,10 +445,10 @@ def test_checkpoint_of_2_processes_resumes_in_1(runs, tmp_path, stage):
 @pytest.mark.distributed
 @pytest.mark.slow
 @slow_first_run
-def test_config_optimizer_and_scheduler_come_back_from_setup(tmp_path):
+def test_config_optimizer_and_scheduler_come_back_from_setup(jobs):
     from ds_common import warmup_lrs
 
-    report = _torchrun(tmp_path, "deepspeed_stage_2", "32-true", "config-optimizer")
+    report = jobs.result(("config-optimizer",))
     assert report["optimizer_type"] == "AdamW"
     assert report["scheduler_type"] == "WarmupLR"
     assert "steps this WarmupLR itself" in report["step_refused"]
@@ -307,15 +461,13 @@ def test_config_optimizer_and_scheduler_come_back_from_setup(tmp_path):
 
 @needs_deepspeed
 @pytest.mark.distributed
-def test_16_mixed_is_refused_where_deepspeed_has_no_fp16(tmp_path):
-    from deepspeed.accelerator import get_accelerator
-
-    if get_accelerator().is_fp16_supported():
+def test_16_mixed_is_refused_where_deepspeed_has_no_fp16(jobs):
+    if _fp16_supported():
         pytest.skip(
             "this machine's CPU has float16 (oneDNN: AVX512-FP16 or AMX-FP16); the refusal "
             "is for CPUs without it"
         )
-    failed = _torchrun(tmp_path, "deepspeed_stage_2", "16-mixed", expect_failure=True)
+    failed = jobs.result(("refused-16-mixed",))
     assert "precision '16-mixed' is DeepSpeed's 'fp16' mode" in failed["stderr"]
     assert "use 'bf16-mixed' or '32-true'" in failed["stderr"]
 
@@ -325,9 +477,7 @@ def test_16_mixed_is_refused_where_deepspeed_has_no_fp16(tmp_path):
 @pytest.mark.slow
 @slow_first_run
 def test_16_mixed_under_zero2_trains_with_loss_scaling(runs, reference):
-    from deepspeed.accelerator import get_accelerator
-
-    if not get_accelerator().is_fp16_supported():
+    if not _fp16_supported():
         pytest.skip(
             "DeepSpeed's CPU accelerator has no fp16 on this CPU (needs AVX512-FP16 or "
             "AMX-FP16); test_16_mixed_is_refused_where_deepspeed_has_no_fp16 covers it"
@@ -411,7 +561,7 @@ def test_checkpoint_format_entry_names_the_files_the_plugin_writes():
 @pytest.mark.distributed
 @pytest.mark.slow
 @slow_first_run
-def test_core_load_and_consolidate_read_a_deepspeed_checkpoint(runs, tmp_path):
+def test_core_load_and_consolidate_read_a_deepspeed_checkpoint(runs, jobs):
     """``switchyard.checkpoint.load`` and ``switchyard consolidate`` find the plugin's format
     by its marker file (``switchyard_checkpoint_formats``) and read it as the plugin does."""
     from switchyard import checkpoint
@@ -424,15 +574,7 @@ def test_core_load_and_consolidate_read_a_deepspeed_checkpoint(runs, tmp_path):
     assert sorted(loaded) == sorted(expected)
     assert loaded["step"] == SAVE_AT
     torch.testing.assert_close(loaded["model"], expected["model"], rtol=0, atol=0)
-    destination = tmp_path / "full.pt"
-    result = subprocess.run(
-        [sys.executable, "-m", "switchyard", "consolidate", str(source), str(destination)],
-        cwd=tmp_path,
-        env=child_environment({"OMP_NUM_THREADS": "1"}),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result, destination = jobs.result(("consolidate-cli",))
     assert result.returncode == 0, result.stderr[-3000:]
     written = torch.load(destination, weights_only=True)
     torch.testing.assert_close(written["model"], expected["model"], rtol=0, atol=0)
@@ -520,26 +662,13 @@ def test_zero3_nvme_offload(runs):
 @pytest.mark.slow
 @slow_first_run
 @pytest.mark.parametrize("stage", [1, 2, 3])
-def test_conformance_kit_passes(stage, tmp_path):
+def test_conformance_kit_passes(stage, jobs):
     """Every strategy check of core's kit, on 2 CPU processes. Among them: the optimizer steps
     master copies (declared) whose steps reach every module parameter, and gradients
     accumulated inside ``no_backward_sync`` add up under ZeRO 2 and 3, where DeepSpeed would
     otherwise keep only the last backward's."""
-    strategy = f"deepspeed_stage_{stage}"
-    report = tmp_path / "report.json"
-    command = [
-        *(sys.executable, "-m", "switchyard", "conformance", "--accelerator", "cpu"),
-        *("--strategy", strategy, "--devices", "2", "--report", str(report)),
-    ]
-    # outside the checkout, so that its pytest configuration stays out of the kit's session
-    result = subprocess.run(
-        command,
-        cwd=tmp_path,
-        env=child_environment({"OMP_NUM_THREADS": "1"}),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    result, report = jobs.result(("conformance", stage))
+    command = " ".join(result.args)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout[-6000:]}"
     checks = {check["id"]: check for check in json.loads(report.read_text())["checks"]}
     failed = {
