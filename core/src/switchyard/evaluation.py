@@ -95,6 +95,7 @@ class EvaluationBatchSampler(Sampler[list[int]]):
                 f"{num_replicas}"
             )
         self.size = len(dataset)
+        """How many samples the dataset has, over all processes."""
         self.batch_size = batch_size
         self.num_replicas = num_replicas
         self.rank = rank
@@ -102,6 +103,8 @@ class EvaluationBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.even_batches = even_batches
         self.epoch = 0
+        """The epoch :meth:`set_epoch` set last: with ``shuffle``, the permutation's seed is
+        ``seed + epoch``, the same on every process."""
         self.num_samples = len(range(rank, self.size, num_replicas))
         """How many samples this process evaluates."""
         self._sizes = self._batch_sizes()
