@@ -9,8 +9,10 @@ and whether the strategy replaces a step method), not asked again on every call.
 
 from __future__ import annotations
 
+import collections
 import functools
 import sys
+import types
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -107,7 +109,6 @@ class RuntimeModule(nn.Module):
         self.__dict__["_original_module"] = original_module
         self.__dict__["_inner"] = forward_module
         self.__dict__["_direct"] = True
-        self.__dict__["_warned_sharded_state"] = False
         self.__dict__["_initialized"] = True
 
     @property
@@ -190,15 +191,18 @@ class RuntimeModule(nn.Module):
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         """The user's module's ``state_dict``: its keys carry no wrapper prefix.
 
-        Under a strategy that shards (FSDP), its values are this process's shards: a
-        ``torch.save(model.state_dict(), path)`` written by the script itself would hold a
-        fraction of the model, so the first such call from outside torch and switchyard warns
-        (``runtime.save`` writes the whole checkpoint)."""
+        Under a strategy that shards (FSDP), its values are this process's shards: a script's
+        own ``torch.save(model.state_dict(), path)`` would write a fraction of the model, so
+        pickling it through ``torch.save`` warns (it is saved as a plain dict all the same).
+        ``runtime.save(path, {"model": model})``, or of this state dict, writes every shard."""
         state = self.module.state_dict(*args, **kwargs)
-        if not self._warned_sharded_state and isinstance(state, Mapping):
-            caller = sys._getframe(1).f_globals.get("__name__", "")
-            if not caller.startswith(("torch.", "switchyard")):
-                _warn_if_sharded(self, state)
+        if isinstance(state, dict) and state:
+            from switchyard.checkpoint import sharded_tensor_entries
+
+            if sharded_tensor_entries(state):
+                sharded = ShardedStateDict(state)
+                sharded.__dict__.update(getattr(state, "__dict__", {}))  # _metadata
+                return sharded
         return state
 
     def load_state_dict(
@@ -384,18 +388,34 @@ class RuntimeDataLoader:
         return getattr(self._dataloader, name)
 
 
-def _warn_if_sharded(module: RuntimeModule, state: Mapping[str, Any]) -> None:
-    from switchyard.checkpoint import sharded_tensor_entries
+class ShardedStateDict(collections.OrderedDict[str, Any]):
+    """A set-up module's state dict holding this process's shards (``DTensor`` values), as
+    ``model.state_dict()`` returns it under FSDP. It is the ``OrderedDict`` that
+    ``nn.Module.state_dict`` returns in every way except that ``torch.save`` of it warns, once
+    per process: the file would hold part of the model. Pickled, it is a plain ``OrderedDict``
+    (its ``_metadata`` kept), so such a file still loads with ``weights_only=True``."""
 
-    sharded = sharded_tensor_entries(state)
-    if not sharded:
-        return
-    module.__dict__["_warned_sharded_state"] = True
-    warnings.warn(
-        f"model.state_dict() holds this process's shards only ({len(sharded)} "
-        f"sharded value(s), e.g. {sharded[0][0]}): torch.save of it writes part of the model. "
-        "Save through runtime.save(path, {'model': model}) (every process calls it), which "
-        "writes the whole model",
-        UserWarning,
-        stacklevel=3,
-    )
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        global _warned_sharded_save
+        if not _warned_sharded_save and _inside_torch_save():
+            _warned_sharded_save = True
+            warnings.warn(
+                "torch.save of model.state_dict() under a strategy that shards writes this "
+                "process's shards only, part of the model. Save with runtime.save(path, "
+                "{'model': model}) (every process calls it), which writes every shard",
+                UserWarning,
+                stacklevel=2,
+            )
+        return (collections.OrderedDict, (), self.__dict__ or None, None, iter(self.items()))
+
+
+_warned_sharded_save = False
+
+
+def _inside_torch_save() -> bool:
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "torch.serialization":
+            return True
+        frame = frame.f_back
+    return False

@@ -385,21 +385,31 @@ def test_optimizer_state_dict_key_conversion_round_trips():
     assert not fsdp_checkpoint.keyed_by_index(named)
 
 
-def test_the_scripts_own_state_dict_of_a_sharded_module_warns_once_and_runtime_save_does_not(
+def test_torch_save_of_a_sharded_state_dict_warns_and_runtime_save_of_it_does_not(
     tmp_path: Path,
 ) -> None:
     """A script's own ``torch.save(model.state_dict(), path)`` under FSDP saves this process's
-    shards only; the first such call warns, and the strategy's own saving does not."""
+    shards only: it warns (once per process). ``runtime.save`` of the module or of that state
+    dict saves every shard and does not warn; the warned file is still a plain dict that loads
+    with ``weights_only=True``."""
+    import collections
     import warnings
+
+    import switchyard.wrappers
 
     runtime = Runtime(accelerator="cpu", strategy="fsdp", devices=1)
     runtime.launch()
     model = runtime.setup(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)))
-    with pytest.warns(UserWarning, match=r"shards only .* runtime\.save"):
-        state = model.state_dict()
+    state = model.state_dict()
     assert set(state) == {"0.weight", "0.bias", "1.weight", "1.bias"}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model.state_dict()  # once is enough
-        runtime.save(tmp_path / "checkpoint", {"model": model})
+        runtime.save(tmp_path / "whole", {"model": model, "again": model.state_dict()})
+    switchyard.wrappers._warned_sharded_save = False  # other tests of this process may have
+    with pytest.warns(UserWarning, match=r"shards only, part of the model.*runtime\.save"):
+        torch.save(state, tmp_path / "part.pt")
+    loaded = torch.load(tmp_path / "part.pt", weights_only=True)
+    assert type(loaded) is collections.OrderedDict
+    assert list(loaded) == list(state)
+    assert loaded._metadata == state._metadata  # load_state_dict's version records
     runtime.teardown()
