@@ -14,6 +14,8 @@ import keyword
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from switchyard.registry import _short_repr
+
 
 def check_callbacks(callbacks: object) -> list[Any]:
     """``Runtime(callbacks=...)`` as a list: one callback object or a list of them. A string, a
@@ -25,7 +27,7 @@ def check_callbacks(callbacks: object) -> list[Any]:
         return []
     if isinstance(callbacks, (str, bytes, Mapping)):
         raise ArgumentError(
-            f"callbacks={_short(callbacks)} ({type(callbacks).__name__}) must be a callback "
+            f"callbacks={_short_repr(callbacks, 60)} ({type(callbacks).__name__}) must be a callback "
             "object or a list of them: objects whose methods runtime.call('method_name', ...) "
             "calls"
         )
@@ -64,7 +66,7 @@ def call(
         or keyword.iskeyword(hook_name)
     ):
         raise ArgumentError(
-            f"runtime.call(hook_name={_short(hook_name)}): the hook name must be a method name "
+            f"runtime.call(hook_name={_short_repr(hook_name, 60)}): the hook name must be a method name "
             "such as 'on_train_epoch_end'"
         )
     methods = []
@@ -76,7 +78,7 @@ def call(
             raise ArgumentError(
                 f"runtime.call({hook_name!r}): callbacks[{index}] "
                 f"({type(callback).__module__}.{type(callback).__qualname__}) has an attribute "
-                f"{hook_name!r} that is {_short(method)} ({type(method).__name__}), not a "
+                f"{hook_name!r} that is {_short_repr(method, 60)} ({type(method).__name__}), not a "
                 "method; rename the attribute or make it a method"
             )
         methods.append(method)
@@ -104,11 +106,3 @@ def _accepted(method: Any, kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     }
     return {key: value for key, value in kwargs.items() if key in named}
-
-
-def _short(value: object) -> str:
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= 60 else f"{text[:50]}..."

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from switchyard.errors import ArgumentError, PluginSelectionError, SelectionError
-from switchyard.registry import block_hint
+from switchyard.registry import _short_repr, block_hint
 
 if TYPE_CHECKING:
     from switchyard.builtin.csv_logger import CSVLogger
@@ -142,7 +142,7 @@ def as_numbers(metrics: object, what: str, *, convert: bool = True) -> dict[str,
     """
     if not isinstance(metrics, Mapping):
         raise ArgumentError(
-            f"{what}(metrics={_short(metrics)}) takes a mapping of metric names to numbers, not "
+            f"{what}(metrics={_short_repr(metrics, 60)}) takes a mapping of metric names to numbers, not "
             f"{type(metrics).__name__}; e.g. {{'loss': loss, 'accuracy': accuracy}}"
         )
     checked: dict[str, Any] = {}
@@ -183,7 +183,7 @@ def _check_into(
             value = value.item()
         else:
             raise ArgumentError(
-                f"{what}: metric {name!r} is {_short(value)} ({type(value).__name__}), which "
+                f"{what}: metric {name!r} is {_short_repr(value, 60)} ({type(value).__name__}), which "
                 "is not a number; log ints, floats or one-element tensors (text belongs in "
                 "log_hyperparams)"
             )
@@ -232,7 +232,7 @@ class RunDirectory:
     ) -> None:
         if not isinstance(root_dir, (str, os.PathLike)):
             raise ArgumentError(
-                f"{owner} root_dir={_short(root_dir)} must be a path (str or os.PathLike)"
+                f"{owner} root_dir={_short_repr(root_dir, 60)} must be a path (str or os.PathLike)"
             )
         if (
             not isinstance(name, str)
@@ -327,7 +327,7 @@ def hyperparameters(params: object, what: str = "runtime.log_hyperparams") -> di
             )
         return dict(params)
     raise ArgumentError(
-        f"{what}(params={_short(params)}) takes a mapping of names to values or an "
+        f"{what}(params={_short_repr(params, 60)}) takes a mapping of names to values or an "
         f"argparse.Namespace, not {type(params).__name__}"
     )
 
@@ -355,7 +355,7 @@ def create_loggers(registry: PluginRegistry, loggers: object) -> list[Logger]:
         items = list(loggers)
     else:
         raise ArgumentError(
-            f"loggers={_short(loggers)} ({type(loggers).__name__}) must be a logger name such as "
+            f"loggers={_short_repr(loggers, 60)} ({type(loggers).__name__}) must be a logger name such as "
             f"'csv', a switchyard.Logger instance, or a list of them; installed loggers: "
             f"{_installed(registry)}"
         )
@@ -381,7 +381,7 @@ def _not_a_logger(where: str, item: object, registry: PluginRegistry) -> str:
         )
     looks_like = callable(getattr(item, "log_metrics", None))
     return (
-        f"{where}={_short(item)} ({type(item).__module__}.{type(item).__qualname__}) is not a "
+        f"{where}={_short_repr(item, 60)} ({type(item).__module__}.{type(item).__qualname__}) is not a "
         "switchyard.Logger"
         + (
             " although it has log_metrics (a Lightning Fabric logger?): make its class derive "
@@ -462,14 +462,6 @@ def _error_text(error: BaseException) -> str:
     if isinstance(error, SystemExit):
         return f"SystemExit: sys.exit({error.code!r}) was called"
     return f"{type(error).__name__}: {error}"
-
-
-def _short(value: object) -> str:
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= 60 else f"{text[:50]}..."
 
 
 _BUILT_IN = {
