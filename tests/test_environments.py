@@ -8,12 +8,16 @@ by value; selection through the registry must pick exactly that environment.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+import sys
+import types
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
+import switchyard.builtin
 import switchyard_cpu.plugin
+from switchyard import EnvironmentEntry, hookimpl
 from switchyard.builtin.environments import (
     KubeflowEnvironment,
     LocalEnvironment,
@@ -26,11 +30,14 @@ from switchyard.builtin.environments import (
     first_host,
     parse_tasks_per_node,
 )
+from switchyard.entries import EntryError
 from switchyard.environment import ClusterEnvironment
 from switchyard.errors import SelectionError
 from switchyard.registry import PluginRegistry
 from switchyard.selection import _select_environment, select
 from switchyard.testing.cluster_variables import is_cluster_variable
+from switchyard.testing.subprocesses import child_environment
+from switchyard.testing.subprocesses import run as run_child
 
 ALL = {
     "torchelastic": TorchElasticEnvironment,
@@ -1059,3 +1066,128 @@ def test_builtin_priorities_put_the_innermost_launcher_first() -> None:
     assert entries["local"].priority == 0
     for name, cls in ALL.items():
         assert entries[name].load() is cls
+
+
+# --- detection without imports: EnvironmentEntry.detect_variables ---------------------------
+
+
+def _builtin_environment_entries() -> dict[str, EnvironmentEntry]:
+    return {
+        entry.name: entry
+        for entry in switchyard.builtin.switchyard_environments()
+        if isinstance(entry, EnvironmentEntry)
+    }
+
+
+def _scheduler_examples(tmp_path: Path) -> dict[str, dict[str, str]]:
+    """Every job's variables written out in this module, and one LSF job's."""
+    examples = {
+        name: value
+        for name, value in globals().items()
+        if name.isupper()
+        and isinstance(value, dict)
+        and value
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    }
+    examples["lsf_job"] = lsf_job(tmp_path, rank=7, local_rank=1)
+    return examples
+
+
+def test_detect_variables_hold_in_every_example_a_scheduler_is_detected_in(
+    set_env: SetEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An environment detected in a real job's variables names one of them in its entry's
+    detect_variables; otherwise "auto" would pass it over without asking."""
+    entries = _builtin_environment_entries()
+    seen: set[str] = set()
+    for example, variables in _scheduler_examples(tmp_path).items():
+        with monkeypatch.context() as scoped:
+            for key, value in variables.items():
+                scoped.setenv(key, value)
+            for name, cls in ALL.items():
+                if cls.detect():
+                    seen.add(name)
+                    assert entries[name].may_detect(os.environ), (example, name)
+    assert seen == set(ALL), f"no example detects {set(ALL) - seen}: the check has no teeth"
+
+
+def test_without_its_detect_variables_an_environment_is_never_detected(
+    set_env: SetEnv, tmp_path: Path
+) -> None:
+    """Every variable of every example set at once, less one entry's detect_variables: that
+    environment's own detect() says no, so skipping its import loses nothing."""
+    everything: dict[str, str] = {}
+    for variables in _scheduler_examples(tmp_path).values():
+        everything.update(variables)
+    for name, entry in _builtin_environment_entries().items():
+        if name == "local":
+            assert entry.detect_variables == ()  # the fallback is always asked
+            continue
+        assert entry.detect_variables, name
+        gated = {k: v for k, v in everything.items() if k not in entry.detect_variables}
+        with pytest.MonkeyPatch.context() as scoped:
+            for key in entry.detect_variables:
+                scoped.delenv(key, raising=False)
+            for key, value in gated.items():
+                scoped.setenv(key, value)
+            assert not entry.may_detect(os.environ)
+            assert not ALL[name].detect(), name
+
+
+def _gated_plugin() -> types.ModuleType:
+    """A third-party environment whose module does not exist: importing it fails."""
+    plugin = types.ModuleType("gated_environment_plugin")
+
+    @hookimpl
+    def switchyard_environments() -> Iterator[EnvironmentEntry]:
+        yield EnvironmentEntry(
+            name="gated",
+            factory="gated_environment_missing_module:GatedEnvironment",
+            priority=500,
+            detect_variables=("GATED_SCHEDULER_JOB",),
+        )
+
+    plugin.switchyard_environments = switchyard_environments  # type: ignore[attr-defined]
+    return plugin
+
+
+def test_auto_does_not_import_an_environment_whose_variables_are_unset(set_env: SetEnv) -> None:
+    registry = PluginRegistry(autoload=False, plugins=[switchyard_cpu.plugin, _gated_plugin()])
+    environment, name = _select_environment(registry, "auto")
+    assert name == "local"
+    assert isinstance(environment, LocalEnvironment)
+    assert not [f for f in registry.failures if f.entry == "environment 'gated'"]
+
+
+def test_auto_imports_an_environment_once_one_of_its_variables_is_set(set_env: SetEnv) -> None:
+    set_env({"GATED_SCHEDULER_JOB": "42"})
+    registry = PluginRegistry(autoload=False, plugins=[switchyard_cpu.plugin, _gated_plugin()])
+    with pytest.warns(RuntimeWarning, match="skipped environment 'gated'"):
+        _, name = _select_environment(registry, "auto")
+    assert name == "local"
+    (failure,) = [f for f in registry.failures if f.entry == "environment 'gated'"]
+    assert failure.stage == "factory"
+    assert "gated_environment_missing_module" in failure.error
+
+
+@pytest.mark.parametrize(
+    "bad", [("",), ("A=B",), (3,)], ids=["empty", "assignment", "not-a-string"]
+)
+def test_detect_variables_must_be_variable_names(bad: tuple[object, ...]) -> None:
+    with pytest.raises(EntryError, match="detect_variables must be names"):
+        EnvironmentEntry(name="odd", factory="x:y", detect_variables=bad)  # type: ignore[arg-type]
+
+
+def test_runtime_outside_a_cluster_imports_only_the_local_environment(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from switchyard import Runtime\n"
+        "Runtime(accelerator='cpu', devices=1)\n"
+        "prefix = 'switchyard.builtin.environments.'\n"
+        "print('LOADED', sorted(m[len(prefix):] for m in sys.modules if m.startswith(prefix)))\n"
+    )
+    finished = run_child(
+        [sys.executable, "-c", code], timeout=120, log=tmp_path / "log", env=child_environment()
+    )
+    assert finished.returncode == 0, finished.output
+    assert "LOADED ['common', 'local']" in finished.output, finished.output

@@ -234,13 +234,40 @@ class EnvironmentEntry(Entry):
     says whether the current process runs under it. Among detected environments the highest
     ``priority`` wins (``torchelastic`` above ``slurm`` above ``local``).
 
+    detect_variables:
+        Environment variables at least one of which ``detect()`` needs set to return ``True``,
+        e.g. ``("SLURM_NTASKS",)``. When none of them is set, ``environment="auto"`` passes
+        over the entry without importing its factory, so a script's start-up does not import
+        every scheduler's module. Empty (the default): the factory is always imported and
+        asked. Naming a variable that ``detect()`` does not need is harmless (it only costs the
+        import); leaving out one it can be detected without is a bug: the environment would
+        never be detected when only that one is set.
+
     Example::
 
-        EnvironmentEntry(name="slurm", factory="switchyard.builtin.environments:SLURMEnvironment",
-                         priority=50)
+        EnvironmentEntry(name="slurm", factory="switchyard.builtin.environments.slurm:SLURMEnvironment",
+                         priority=60, detect_variables=("SLURM_NTASKS",))
     """
 
     kind: ClassVar[EntryKind] = "environment"
+
+    detect_variables: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        variables = _as_tuple(self.detect_variables)
+        for variable in variables:
+            if not isinstance(variable, str) or not variable or "=" in variable:
+                raise EntryError(
+                    f"EnvironmentEntry {self.name!r}: detect_variables must be names of "
+                    f"environment variables, got {variable!r}"
+                )
+        object.__setattr__(self, "detect_variables", variables)
+
+    def may_detect(self, environ: Mapping[str, str]) -> bool:
+        """Whether ``detect()`` can be ``True`` in ``environ``: some ``detect_variables`` is set,
+        or none are declared."""
+        return not self.detect_variables or any(v in environ for v in self.detect_variables)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from switchyard.accelerator import (
     SlowPrecisionWarning,
     check_devices_limit,
 )
-from switchyard.entries import EntryKind, StrategyEntry, normalize_name
+from switchyard.entries import EntryKind, EnvironmentEntry, StrategyEntry, normalize_name
 from switchyard.environment import ClusterEnvironment
 from switchyard.errors import (
     PluginConflictError,
@@ -639,6 +639,10 @@ def _available_accelerators(
     plugin fails on the way is skipped and recorded: auto must still find the others."""
     ordered = sorted(registry.registrations("accelerator"), key=lambda r: -r.entry.priority)
     for registration in ordered:
+        entry = registration.entry
+        # an environment whose variables are all unset cannot be detected: do not import it
+        if isinstance(entry, EnvironmentEntry) and not entry.may_detect(os.environ):
+            continue
         if _missing(registry, registration) or not _unambiguous(registry, registration):
             continue
         try:
@@ -875,6 +879,10 @@ def _select_environment(
         return _create(registration), registration.entry.name
     ordered = sorted(registry.registrations("environment"), key=lambda r: -r.entry.priority)
     for registration in ordered:
+        entry = registration.entry
+        # an environment whose variables are all unset cannot be detected: do not import it
+        if isinstance(entry, EnvironmentEntry) and not entry.may_detect(os.environ):
+            continue
         if _missing(registry, registration) or not _unambiguous(registry, registration):
             continue
         try:

@@ -97,6 +97,7 @@ def switchyard_environments() -> Iterator[EnvironmentEntry]:
         factory=f"{_ENVIRONMENTS}.torchelastic:TorchElasticEnvironment",
         description="Processes started by torchrun (torch.distributed.elastic)",
         priority=100,
+        detect_variables=("TORCHELASTIC_RUN_ID", "GROUP_RANK"),
         aliases=("torchrun",),
     )
     yield EnvironmentEntry(
@@ -104,24 +105,28 @@ def switchyard_environments() -> Iterator[EnvironmentEntry]:
         factory=f"{_ENVIRONMENTS}.lsf:LSFEnvironment",
         description="IBM Spectrum LSF jobs started with jsrun",
         priority=80,
+        detect_variables=("LSB_JOBID",),
     )
     yield EnvironmentEntry(
         name="mpi",
         factory=f"{_ENVIRONMENTS}.mpi:MPIEnvironment",
         description="Processes started by mpirun (Open MPI, MPICH, Intel MPI)",
         priority=70,
+        detect_variables=("OMPI_COMM_WORLD_SIZE", "PMI_SIZE"),
     )
     yield EnvironmentEntry(
         name="slurm",
         factory=f"{_ENVIRONMENTS}.slurm:SLURMEnvironment",
         description="Slurm jobs started with srun, one task per device",
         priority=60,
+        detect_variables=("SLURM_NTASKS",),
     )
     yield EnvironmentEntry(
         name="kubeflow",
         factory=f"{_ENVIRONMENTS}.kubeflow:KubeflowEnvironment",
         description="Kubeflow PyTorchJob pods, one node each; switchyard starts the processes",
         priority=20,
+        detect_variables=("KUBERNETES_PORT",),
     )
     yield EnvironmentEntry(
         name="local",

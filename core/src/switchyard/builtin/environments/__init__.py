@@ -29,19 +29,52 @@ name             priority  why there
 ===============  ========  ==================================================================
 """
 
-from switchyard.builtin.environments.common import derived_port, find_free_port
-from switchyard.builtin.environments.kubeflow import KubeflowEnvironment
-from switchyard.builtin.environments.local import LocalEnvironment
-from switchyard.builtin.environments.lsf import LSFEnvironment
-from switchyard.builtin.environments.mpi import MPIEnvironment
-from switchyard.builtin.environments.slurm import (
-    SLURMEnvironment,
-    expand_hostlist,
-    first_host,
-    iter_hostlist,
-    parse_tasks_per_node,
-)
-from switchyard.builtin.environments.torchelastic import TorchElasticEnvironment
+from typing import TYPE_CHECKING, Any
+
+# Each environment's module is imported on first use, so that selecting the environment imports
+# only the one detected (and the detection of the others, through their entries'
+# detect_variables, imports nothing).
+_MODULE_OF = {
+    "derived_port": "common",
+    "find_free_port": "common",
+    "KubeflowEnvironment": "kubeflow",
+    "LocalEnvironment": "local",
+    "LSFEnvironment": "lsf",
+    "MPIEnvironment": "mpi",
+    "SLURMEnvironment": "slurm",
+    "expand_hostlist": "slurm",
+    "first_host": "slurm",
+    "iter_hostlist": "slurm",
+    "parse_tasks_per_node": "slurm",
+    "TorchElasticEnvironment": "torchelastic",
+}
+
+if TYPE_CHECKING:
+    from switchyard.builtin.environments.common import derived_port, find_free_port
+    from switchyard.builtin.environments.kubeflow import KubeflowEnvironment
+    from switchyard.builtin.environments.local import LocalEnvironment
+    from switchyard.builtin.environments.lsf import LSFEnvironment
+    from switchyard.builtin.environments.mpi import MPIEnvironment
+    from switchyard.builtin.environments.slurm import (
+        SLURMEnvironment,
+        expand_hostlist,
+        first_host,
+        iter_hostlist,
+        parse_tasks_per_node,
+    )
+    from switchyard.builtin.environments.torchelastic import TorchElasticEnvironment
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "KubeflowEnvironment",
