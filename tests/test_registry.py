@@ -628,3 +628,69 @@ def test_core_version_is_known_with_and_without_autoload():
     for autoload in (True, False):
         registry = PluginRegistry(autoload=autoload)
         assert registry.plugins["builtin"].version == version("switchyard")
+
+
+def _odd_plugin_module() -> object:
+    """A module holding every kind of object pluggy's lookup distinguishes."""
+    import functools
+    import types
+
+    from switchyard import hookimpl
+
+    module = types.ModuleType("odd_plugin_module")
+
+    @hookimpl
+    def switchyard_accelerators() -> list[object]:
+        return []
+
+    @hookimpl
+    def plain_named() -> list[object]:  # a hookimpl under a name no spec has
+        return []
+
+    class switchyard_strategies:
+        pass
+
+    def no_entries() -> list[object]:
+        return []
+
+    module.__dict__.update(
+        switchyard_accelerators=switchyard_accelerators,
+        switchyard_precisions=staticmethod(hookimpl(no_entries)),
+        switchyard_environments=functools.partial(no_entries),
+        switchyard_loggers=len,  # a builtin
+        switchyard_strategies=switchyard_strategies,
+        plain_named=plain_named,
+        number=3,
+        bound=types.MethodType(hookimpl(lambda self: []), object()),
+    )
+    return module
+
+
+def test_registration_shortcut_finds_exactly_what_pluggy_finds() -> None:
+    """The registry's manager skips pluggy's static lookup for a module's names whose value
+    cannot be a hook; on core's, every first-party plugin's and an odd module's names it must
+    parse the very same hook implementations as pluggy's own manager."""
+    import importlib
+    import types
+
+    import pluggy
+
+    from switchyard import hookspecs
+    from switchyard.registry import _PluginManager
+
+    modules: list[object] = [_odd_plugin_module(), hookspecs]
+    for name in ("switchyard.builtin", "switchyard_cpu.plugin", "switchyard_ddp.plugin"):
+        modules.append(importlib.import_module(name))
+    ours, theirs = _PluginManager("switchyard"), pluggy.PluginManager("switchyard")
+    compared = 0
+    for module in modules:
+        assert isinstance(module, types.ModuleType)
+        for name in dir(module):
+            assert ours.parse_hookimpl_opts(module, name) == theirs.parse_hookimpl_opts(
+                module, name
+            ), (module.__name__, name)
+            assert ours.parse_hookspec_opts(module, name) == theirs.parse_hookspec_opts(
+                module, name
+            ), (module.__name__, name)
+            compared += theirs.parse_hookimpl_opts(module, name) is not None
+    assert compared >= 8  # the odd module's three hooks and the real plugins' several

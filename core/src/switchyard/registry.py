@@ -30,6 +30,7 @@ import os
 import re
 import time
 import traceback
+import types
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -347,6 +348,33 @@ def block_hint(info: PluginInfo) -> str:
     return f"{ENV_BLOCK}={by} or Runtime(plugins=['no:{by}'])"
 
 
+_HOOKABLE = (types.FunctionType, types.MethodType, staticmethod, classmethod)
+
+
+class _PluginManager(pluggy.PluginManager):
+    """pluggy's manager with a shortcut for plugins that are modules, as every entry point's
+    is: a module's names are its ``__dict__``'s, so one whose value there is no function,
+    method, ``classmethod`` or ``staticmethod`` cannot be a hook and needs no
+    ``inspect.getattr_static``. pluggy runs that lookup for each name of each plugin module
+    (its imports included), which was about a fifth of discovery's time."""
+
+    def parse_hookimpl_opts(self, plugin: object, name: str) -> pluggy.HookimplOpts | None:
+        if type(plugin) is types.ModuleType and not isinstance(
+            plugin.__dict__.get(name), _HOOKABLE
+        ):
+            return None
+        return super().parse_hookimpl_opts(plugin, name)
+
+    def parse_hookspec_opts(
+        self, module_or_class: types.ModuleType | type, name: str
+    ) -> pluggy.HookspecOpts | None:
+        if type(module_or_class) is types.ModuleType and not isinstance(
+            module_or_class.__dict__.get(name), _HOOKABLE
+        ):
+            return None
+        return super().parse_hookspec_opts(module_or_class, name)
+
+
 class PluginRegistry:
     """The plugins of one process (or one ``Runtime(plugins=...)``) and their entries.
 
@@ -368,7 +396,7 @@ class PluginRegistry:
         block: Sequence[str] = (),
         entry_points: Iterable[importlib.metadata.EntryPoint] | None = None,
     ) -> None:
-        self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.manager: pluggy.PluginManager = _PluginManager(hookspecs.PROJECT_NAME)
         """The pluggy plugin manager the plugins are registered with."""
         self.manager.add_hookspecs(hookspecs)
         self.failures: list[PluginFailure] = []
