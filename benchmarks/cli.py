@@ -25,6 +25,7 @@ from benchmarks.results import PROGRAMS, Context, Scenario
 SCENARIO_MODULES = (
     "benchmarks.startup",
     "benchmarks.step",
+    "benchmarks.instructions",
     "benchmarks.distributed",
     "benchmarks.sharded",
 )

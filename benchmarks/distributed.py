@@ -29,10 +29,12 @@ Accelerate's digests are compared and reported (Accelerate shards the data its o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -87,6 +89,25 @@ class JobFailed(RuntimeError):
     """A benchmark job exited without writing its figures."""
 
 
+EXIT_GRACE_S = 60.0
+"""How long a job may take to exit once it has written its figures."""
+HUNG_AT_EXIT = -1000
+"""The exit code :func:`run_job` reports for a job killed because it did not exit after
+writing its figures."""
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """End the job's whole process group (torchrun and its workers), then reap torchrun."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def run_job(
     command: Sequence[str],
     log: Path,
@@ -97,23 +118,41 @@ def run_job(
     """Run one job with its output in ``log``; returns its exit code.
 
     A job that fails after writing ``done`` (seen as a SIGABRT at exit, "terminate called
-    without an active exception") is kept, since its figures are complete; one that wrote
-    nothing raises :class:`JobFailed` with the log's last lines."""
+    without an active exception") is kept, since its figures are complete; so is one that has
+    not exited :data:`EXIT_GRACE_S` after writing it (seen with Lightning Fabric's DDP over
+    gloo: both ranks torn down, the processes never ending), which is killed with its process
+    group and reported as :data:`HUNG_AT_EXIT`. One that wrote nothing raises
+    :class:`JobFailed` with the log's last lines; so does one past ``timeout``, killed with
+    its process group so that no worker outlives it."""
     with log.open("w") as handle:
+        proc = subprocess.Popen(
+            list(command),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=ROOT,
+            start_new_session=True,  # its own process group, to end its workers with it
+        )
+        deadline = time.monotonic() + timeout
+        written_at: float | None = None
         try:
-            proc = subprocess.run(
-                list(command),
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                env=dict(env),
-                cwd=ROOT,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise JobFailed(
-                f"job timed out after {timeout:.0f} s: {' '.join(command)}; log: {log}"
-            ) from None
+            while proc.poll() is None:
+                now = time.monotonic()
+                if written_at is None and done.exists():
+                    written_at = now
+                if written_at is not None and now - written_at > EXIT_GRACE_S:
+                    _kill_group(proc)
+                    return HUNG_AT_EXIT
+                if now > deadline:
+                    _kill_group(proc)
+                    raise JobFailed(
+                        f"job timed out after {timeout:.0f} s: {' '.join(command)}; log: {log}"
+                    )
+                time.sleep(0.05)
+        except BaseException:
+            if proc.poll() is None:
+                _kill_group(proc)
+            raise
     if proc.returncode != 0 and not done.exists():
         lines = log.read_text(errors="replace").splitlines()
         raise JobFailed(
@@ -225,7 +264,12 @@ class _Jobs:
         job.update(name=name, group=group, exit_code=code, python=str(python), load_1min=_load1())
         job["wall_s"] = time.perf_counter() - started
         out.write_text(json.dumps(job, indent=1))
-        if code != 0:
+        if code == HUNG_AT_EXIT:
+            self.ctx.log(
+                f"  warning: {name} had not exited {EXIT_GRACE_S:.0f} s after writing its "
+                "figures; killed, figures kept"
+            )
+        elif code != 0:
             self.ctx.log(f"  warning: {name} exited with {code} after writing its figures")
         self.records.append(job)
         return job

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -200,3 +201,107 @@ def test_a_quick_switchyard_step_run_writes_a_complete_record(tmp_path: Path) ->
         assert all(r > 0 for r in c.ratios)
         assert "added µs per step" in c.extra
     assert run.environments["switchyard"]["torch"].startswith("2.13.0")
+
+
+def _dump_file(folder: Path, number: int, label: str, instructions: int) -> None:
+    # the head of a file callgrind writes on `callgrind_control --dump=LABEL`
+    (folder / f"callgrind.out.{number}").write_text(
+        f"# callgrind format\nversion: 1\ncreator: callgrind-3.19.0\npid: 77\ncmd: python\n"
+        f"part: {number}\n\ndesc: I1 cache:\ndesc: Timerange: Basic block 1 - 2\n"
+        f"desc: Trigger: dump {label}\n\npositions: line\nevents: Ir\n"
+        f"summary: {instructions}\n\nfl=(1) x.c\nfn=(1) f\n0 {instructions}\n"
+    )
+
+
+def test_callgrind_dumps_are_read_in_the_order_written(tmp_path: Path) -> None:
+    from benchmarks.instructions import read_dumps
+
+    for number, label, count in [(10, "raw", 7), (2, "gap", 5), (1, "warmup-raw", 3)]:
+        _dump_file(tmp_path, number, label, count)
+    (tmp_path / "callgrind.out").write_text("desc: Trigger: Program termination\nsummary: 9\n")
+    assert read_dumps(tmp_path) == [("warmup-raw", 3), ("gap", 5), ("raw", 7)]
+    (tmp_path / "callgrind.out.11").write_text("not a dump\n")
+    with pytest.raises(RuntimeError, match=r"callgrind.out.11: not a callgrind dump"):
+        read_dumps(tmp_path)
+
+
+def test_instruction_scenarios_skip_without_valgrind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import instructions
+    from benchmarks.results import Context
+
+    monkeypatch.setattr(instructions.shutil, "which", lambda name: None)
+    logged: list[str] = []
+    context = Context(quick=True, programs=frozenset({"raw", "switchyard"}), out_dir=tmp_path)
+    monkeypatch.setattr(context, "log", logged.append)
+    (scenario,) = [s for s in instructions.SCENARIOS if s.name == "instructions-mlp-32-true"]
+    assert scenario.run(context) == []
+    assert context.failures == []
+    assert any("skipped: valgrind is not installed" in line for line in logged), logged
+
+
+def test_instruction_comparisons_carry_the_step_target_and_the_added_count() -> None:
+    from benchmarks.instructions import QUICK, comparisons
+    from benchmarks.step import Workload
+
+    data = {"program": [110.0, 112.0], "raw": [100.0, 100.0], "raw_aa": [100.0, 101.0]}
+    (ours,) = comparisons(
+        "x", "switchyard", Workload("mlp", "32-true"), {**data, "version": "0"}, QUICK
+    )
+    (theirs,) = comparisons(
+        "x", "fabric", Workload("mlp", "32-true"), {**data, "version": "0"}, QUICK
+    )
+    assert ours.target == 1.01
+    assert theirs.target is None
+    assert ours.ratios == (1.1, 1.12)
+    assert ours.aa_ratios == (1.0, 1.01)
+    assert ours.extra["added instructions per step"] == 11.0
+
+
+_HANGING_JOB = """\
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+open(sys.argv[1] + ".child", "w").write(str(child.pid))
+if sys.argv[2] == "write":
+    open(sys.argv[1], "w").write("{}")
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is gone for every purpose here
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+
+
+@pytest.mark.parametrize("writes", [True, False], ids=["hangs-after-writing", "never-writes"])
+def test_a_job_that_does_not_end_is_killed_with_its_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writes: bool
+) -> None:
+    """A job that wrote its figures and hangs at exit keeps them; one that never writes them
+    times out; either way nothing it started is left running."""
+    import time
+
+    from benchmarks import distributed
+
+    monkeypatch.setattr(distributed, "EXIT_GRACE_S", 1.0)
+    done = tmp_path / "done.json"
+    command = [sys.executable, "-c", _HANGING_JOB, str(done), "write" if writes else "no"]
+    started = time.monotonic()
+    if writes:
+        code = distributed.run_job(command, tmp_path / "log", dict(os.environ), done, timeout=60)
+        assert code == distributed.HUNG_AT_EXIT
+    else:
+        with pytest.raises(distributed.JobFailed, match="timed out after 3 s"):
+            distributed.run_job(command, tmp_path / "log", dict(os.environ), done, timeout=3)
+    assert time.monotonic() - started < 30
+    child = int(Path(f"{done}.child").read_text())
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child), "the job's own child outlived it"
