@@ -167,12 +167,17 @@ def raw_step(w: Workload, model: Any, optimizer: Any, bf16_input: bool = False) 
     else:
         raise ValueError(f"no raw loop for precision {w.precision!r}; known: {list(TARGETS)}")
 
+    # written as library_step is (the loss made and dropped inside a function per micro-batch):
+    # keeping the last loss alive until the next step, as a flat loop does, executes about
+    # 35,000 fewer instructions per MLP step (1.2%, counted under callgrind), which would be
+    # charged to the library
+    def backward(x: Any, y: Any) -> None:
+        loss = loss_fn(forward(x), y)
+        (loss / scale if scale > 1 else loss).backward()
+
     def step(micro: Sequence[Batch]) -> None:
         for x, y in micro:
-            loss = loss_fn(forward(x), y)
-            if scale > 1:
-                loss = loss / scale
-            loss.backward()
+            backward(x, y)
         optimizer.step()
         optimizer.zero_grad()
 
