@@ -35,6 +35,10 @@ def main(strategy_name: str, out: Path) -> None:
     loader = runtime.setup_dataloaders(make_loader(runtime.world_size))
 
     def on_step(step: int) -> None:
+        if step == 1:  # set up and trained, nothing saved yet
+            report["state_dict_code_imported_by_training"] = (
+                "torch.distributed.checkpoint.state_dict" in sys.modules
+            )
         state = {"model": model, "optimizer": optimizer, "step": step}
         if step == SAVE_AT // 2:
             runtime.save(out / "sharded", state)  # replaced by the save at SAVE_AT

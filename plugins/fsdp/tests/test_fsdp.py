@@ -144,6 +144,14 @@ def test_sharded_checkpoint_resumes_to_identical_losses(fsdp_run, tmp_path, npro
 
 
 @pytest.mark.distributed
+def test_training_does_not_import_the_state_dict_code(fsdp_run):
+    """torch.distributed.checkpoint.state_dict (about 80 modules, 3 MiB a process) is imported
+    by the first save, not by setting up and training, as with raw fully_shard."""
+    _, report = fsdp_run
+    assert report["state_dict_code_imported_by_training"] is False
+
+
+@pytest.mark.distributed
 def test_full_export_equals_gathered_parameters_and_loads_into_plain_modules(fsdp_run):
     out, _ = fsdp_run
     exported = torch.load(out / "full.pt", weights_only=True)

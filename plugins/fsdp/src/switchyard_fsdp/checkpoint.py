@@ -13,13 +13,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
@@ -28,6 +21,10 @@ from switchyard.checkpoint import sharded_tensor_entries
 from switchyard.errors import CheckpointError
 from switchyard.sharded import META_FILENAME, names_to_index, read_meta, save_sharded
 from switchyard.strategy import Strategy
+
+# torch.distributed.checkpoint.state_dict is imported by the functions that use it: about 80
+# modules and 3 MiB per process that training without a state dict never needs (raw
+# fully_shard does not import it either)
 
 __all__ = [
     "META_FILENAME",
@@ -64,6 +61,8 @@ def check_state_dict_type(value: str) -> StateDictType:
 def full_module_state_dict(module: nn.Module) -> dict[str, Any]:
     """The consolidated state dict (plain CPU tensors) of a sharded module on global rank zero,
     ``{}`` on the others. Every process must call it: the tensors are all-gathered."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     return get_model_state_dict(
         module, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
@@ -71,6 +70,8 @@ def full_module_state_dict(module: nn.Module) -> dict[str, Any]:
 
 def load_module_state(module: nn.Module, state_dict: Mapping[str, Any], strict: bool) -> None:
     """Load sharded (``DTensor``) or full (plain tensor) values into the sharded module."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
     set_model_state_dict(
         module,
         dict(state_dict),
@@ -81,6 +82,8 @@ def load_module_state(module: nn.Module, state_dict: Mapping[str, Any], strict: 
 def full_optimizer_state_dict(module: nn.Module, optimizer: Optimizer) -> dict[str, Any]:
     """The consolidated optimizer state (plain CPU tensors) keyed by parameter index, as
     ``Optimizer.state_dict()`` has it, on global rank zero; every process must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
     state = get_optimizer_state_dict(
         module, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
@@ -92,6 +95,8 @@ def load_optimizer_state(
 ) -> None:
     """Load sharded or full optimizer state, keyed by parameter name or by parameter index,
     into the optimizer of the sharded ``module``."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
     state_dict = dict(state_dict)
     if keyed_by_index(state_dict):
         state_dict = index_to_names(module, optimizer, state_dict)
@@ -148,6 +153,8 @@ def index_to_names(
 ) -> dict[str, Any]:
     """An optimizer state dict keyed by parameter index, re-keyed by the names of the
     optimizer's parameters in the sharded ``module``, group by group."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
     # the names of the optimizer's parameters, group by group, as DCP writes them
     named: list[dict[str, Any]] = get_optimizer_state_dict(module, optimizer)["param_groups"]  # type: ignore[assignment]
     loaded = state_dict.get("param_groups", [])
@@ -185,6 +192,12 @@ def load_sharded(
     from the metadata file. Returns the entries ``state`` did not ask for. Every file is read
     safely unless ``weights_only=False`` (:mod:`switchyard.sharded`). Every process must call
     it."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
     sharded_keys, plain = read_meta(path, weights_only)
     missing = [key for key in state if key not in sharded_keys and key not in plain]
     if missing and strict:

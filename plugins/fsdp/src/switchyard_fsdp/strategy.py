@@ -12,7 +12,6 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import (
     CPUOffloadPolicy,
@@ -502,6 +501,8 @@ class FSDPStrategy(ParallelStrategy):
 
     def module_state_dict(self, module: nn.Module) -> dict[str, Any]:
         """This process's shards (``DTensor`` values), keyed like ``module.state_dict()``."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
         return get_model_state_dict(module)
 
     def full_state_dict(self, module: nn.Module) -> dict[str, Any]:
@@ -518,6 +519,8 @@ class FSDPStrategy(ParallelStrategy):
 
     def optimizer_state_dict(self, optimizer: Optimizer) -> dict[str, Any]:
         """This process's shards of the optimizer state, keyed by parameter name."""
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
         return get_optimizer_state_dict(self._require_module_of(optimizer), optimizer)
 
     def load_optimizer_state_dict(
