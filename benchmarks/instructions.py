@@ -38,16 +38,7 @@ from typing import Any
 from benchmarks.environments import run_json_child
 from benchmarks.results import Comparison, Context, Scenario
 from benchmarks.stats import paired_ratios, summarize
-from benchmarks.step import (
-    LIBRARIES,
-    TARGETS,
-    Workload,
-    check_bit_identity,
-    library_step,
-    make_batches,
-    make_model,
-    raw_step,
-)
+from benchmarks.step import TARGETS, Workload, prepared_loops
 
 ROLES = ("program", "raw", "raw_aa")
 
@@ -95,23 +86,8 @@ def dump(label: str) -> None:
 
 def worker(w: Workload, library_name: str, counting: Counting) -> dict[str, Any]:
     """Blocks of the library's loop and two raw loops, each between two callgrind dumps."""
-    import torch
-
-    torch.set_num_threads(1)
-    library = LIBRARIES[library_name](w.precision)
-    check_bit_identity(w, library)
-    batches = make_batches(w)
-    model = make_model(w)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    wrapped, wrapped_optimizer = library.setup(model, optimizer)
-    loops = {
-        "program": library_step(w, library, wrapped, wrapped_optimizer),
-        "raw": raw_step(w, model, optimizer, library.bf16_input),
-        "raw_aa": raw_step(w, model, optimizer, library.bf16_input),
-    }
-    for step in loops.values():  # allocator, autocast caches
-        for i in range(10):
-            step(batches[i % len(batches)])
+    library, batches, prepared = prepared_loops(w, library_name)
+    loops = {role: prepared[role] for role in ROLES}  # the rounds cycle from this order
     blocks: list[str] = []
     orders = itertools.cycle(itertools.permutations(loops))
     gc.collect()

@@ -380,8 +380,13 @@ def interleaved(
     return times
 
 
-def worker(w: Workload, library_name: str, timing: Timing) -> dict[str, Any]:
-    """Interleaved blocks of the library's loop and two raw loops; per-step times per block."""
+def prepared_loops(
+    w: Workload, library_name: str
+) -> tuple[Library, list[list[Batch]], dict[str, Step]]:
+    """What a worker measures: the library (its loop checked bit-identical to raw's), the
+    batches, and the loops ``raw``, ``program`` (the library's) and ``raw_aa`` on one model and
+    optimizer, each past its first 10 steps (allocator, autocast caches); torch on one
+    thread."""
     import torch
 
     torch.set_num_threads(1)
@@ -397,9 +402,15 @@ def worker(w: Workload, library_name: str, timing: Timing) -> dict[str, Any]:
         "program": library_step(w, library, wrapped, wrapped_optimizer),
         "raw_aa": raw_step(w, model, optimizer, library.bf16_input),
     }
-    # first steps (allocator, autocast caches), then size the blocks from the raw step time
     for step in loops.values():
         run_block(step, batches, 10)
+    return library, batches, loops
+
+
+def worker(w: Workload, library_name: str, timing: Timing) -> dict[str, Any]:
+    """Interleaved blocks of the library's loop and two raw loops; per-step times per block."""
+    library, batches, loops = prepared_loops(w, library_name)
+    # size the blocks from the raw step time
     per_step = min(run_block(loops["raw"], batches, 10)[1] for _ in range(3))
     steps = max(1, round(timing.block_seconds / max(per_step, 1e-7)))
 

@@ -351,26 +351,29 @@ def block_hint(info: PluginInfo) -> str:
 _HOOKABLE = (types.FunctionType, types.MethodType, staticmethod, classmethod)
 
 
+def _cannot_be_hook(namespace: object, name: str) -> bool:
+    """Whether ``name`` of a module plugin holds no function, method, ``classmethod`` or
+    ``staticmethod``: a module's names are its ``__dict__``'s, so no static lookup is needed."""
+    return type(namespace) is types.ModuleType and not isinstance(
+        namespace.__dict__.get(name), _HOOKABLE
+    )
+
+
 class _PluginManager(pluggy.PluginManager):
     """pluggy's manager with a shortcut for plugins that are modules, as every entry point's
-    is: a module's names are its ``__dict__``'s, so one whose value there is no function,
-    method, ``classmethod`` or ``staticmethod`` cannot be a hook and needs no
+    is: a name that cannot be a hook (:func:`_cannot_be_hook`) needs no
     ``inspect.getattr_static``. pluggy runs that lookup for each name of each plugin module
     (its imports included), which was about a fifth of discovery's time."""
 
     def parse_hookimpl_opts(self, plugin: object, name: str) -> pluggy.HookimplOpts | None:
-        if type(plugin) is types.ModuleType and not isinstance(
-            plugin.__dict__.get(name), _HOOKABLE
-        ):
+        if _cannot_be_hook(plugin, name):
             return None
         return super().parse_hookimpl_opts(plugin, name)
 
     def parse_hookspec_opts(
         self, module_or_class: types.ModuleType | type, name: str
     ) -> pluggy.HookspecOpts | None:
-        if type(module_or_class) is types.ModuleType and not isinstance(
-            module_or_class.__dict__.get(name), _HOOKABLE
-        ):
+        if _cannot_be_hook(module_or_class, name):
             return None
         return super().parse_hookspec_opts(module_or_class, name)
 

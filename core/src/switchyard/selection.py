@@ -639,10 +639,6 @@ def _available_accelerators(
     plugin fails on the way is skipped and recorded: auto must still find the others."""
     ordered = sorted(registry.registrations("accelerator"), key=lambda r: -r.entry.priority)
     for registration in ordered:
-        entry = registration.entry
-        # an environment whose variables are all unset cannot be detected: do not import it
-        if isinstance(entry, EnvironmentEntry) and not entry.may_detect(os.environ):
-            continue
         if _missing(registry, registration) or not _unambiguous(registry, registration):
             continue
         try:

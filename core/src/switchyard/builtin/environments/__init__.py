@@ -29,6 +29,7 @@ name             priority  why there
 ===============  ========  ==================================================================
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 # Each environment's module is imported on first use, so that selecting the environment imports
@@ -69,8 +70,6 @@ def __getattr__(name: str) -> Any:
     module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
     globals()[name] = value
     return value
