@@ -65,6 +65,18 @@ def median_interval(
     return xs[k - 1], xs[n - k], coverage(k)
 
 
+def fewest_values(confidence: float = 0.95) -> int:
+    """How many values :func:`median_interval` needs before its widest interval (the whole
+    range) holds the median with ``confidence``: 6 for 95% (five give 93.75%). Fewer rounds
+    than this can never make a verdict "met" or "not met"."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    n = 1
+    while 1 - 2 / 2.0**n < confidence:
+        n += 1
+    return n
+
+
 def paired_ratios(program: Sequence[float], baseline: Sequence[float]) -> list[float]:
     """``program[i] / baseline[i]`` for every pair: each measurement against the baseline one taken
     next to it, so that slow drifts of the machine cancel out of each ratio."""

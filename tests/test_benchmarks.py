@@ -22,7 +22,12 @@ if str(ROOT) not in sys.path:  # the benchmarks are a top-level folder, not an i
 from benchmarks import cli, report  # noqa: E402
 from benchmarks.report import BEGIN, END, Run  # noqa: E402
 from benchmarks.results import Comparison  # noqa: E402
-from benchmarks.stats import median_interval, paired_ratios, summarize  # noqa: E402
+from benchmarks.stats import (  # noqa: E402
+    fewest_values,
+    median_interval,
+    paired_ratios,
+    summarize,
+)
 
 
 def comparison(**changes: object) -> Comparison:
@@ -67,6 +72,31 @@ def test_median_interval_holds_the_coverage_it_claims() -> None:
         assert c >= 0.95 or c == pytest.approx(exact)
     with pytest.raises(ValueError, match="confidence"):
         median_interval([1.0, 2.0], confidence=1.5)
+
+
+def test_fewest_values_is_where_the_whole_range_first_covers_enough() -> None:
+    for confidence in (0.5, 0.75, 0.9, 0.95, 0.99):
+        n = fewest_values(confidence)
+        assert median_interval([float(i) for i in range(n)], confidence)[2] >= confidence
+        assert median_interval([float(i) for i in range(n - 1)], confidence)[2] < confidence
+    assert fewest_values() == 6
+    with pytest.raises(ValueError, match="confidence"):
+        fewest_values(1.0)
+
+
+def test_every_full_distributed_plan_can_reach_a_verdict() -> None:
+    """A target whose values are too few for a 95% interval reads "not resolved" however the
+    run goes (the sharded plans' 5 and 3 rounds of peak memory did)."""
+    from benchmarks.distributed import ddp_plan
+    from benchmarks.sharded import deepspeed_plan, sharded_plan
+
+    plans = [ddp_plan(False), sharded_plan("fsdp2", "fsdp", False)]
+    plans += [deepspeed_plan(stage, False) for stage in (1, 2, 3)]
+    for plan in plans:
+        if plan.throughput_target is not None:
+            assert plan.paired_rounds >= fewest_values(), plan
+        if plan.memory_target is not None:
+            assert plan.rounds >= fewest_values(), plan
 
 
 def test_paired_ratios_pair_by_position_and_reject_mismatches() -> None:
